@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kikuchipy.signals import EBSD, LazyEBSD
-from kikuchipy.signals import _kikuchipy_signal
+import numpy as np
+from kikuchipy.signals import EBSD, LazyEBSD, _kikuchipy_signal
 
 if TYPE_CHECKING:  # pragma: no cover
     from kikuchipy_neural.model import NeuralEBSDModel
@@ -76,6 +76,120 @@ class NeuralEBSD(EBSD):
             )
         self._neural_model.check_signal_compatible(self)
         return self._neural_model
+
+    # -------------------------------------------------------------- fitting
+
+    def fit_neural(
+        self,
+        formulation: str = "factorized",
+        rank: int | str = "auto",
+        variance: float | None = None,
+        mask=None,
+        max_steps: int | None = None,
+        time_budget: float | None = None,
+        device=None,
+        seed: int = 0,
+        show_progressbar: bool | None = None,
+        resume=None,
+        nonfinite: str = "raise",
+        **options,
+    ) -> NeuralEBSDModel:
+        """Fit a neural field to the scan and attach it as ``neural_model``.
+
+        Parameters
+        ----------
+        formulation
+            ``"factorized"`` (TF-INR: a SIREN of (x, y) weighting learnable
+            basis patterns) or ``"joint"`` (4D-INR: one SIREN of (x, y, u, v)).
+        rank
+            Number of bases (mean pattern included), or ``"auto"``: every PCA
+            component above the noise edge of the spectrum (see
+            :mod:`kikuchipy_neural.training.preprocessing`).
+        variance
+            Instead of ``rank``: the smallest rank explaining this share of
+            the variance (the paper's guide, e.g. 0.95).
+        mask
+            Boolean array of the navigation shape; True = train on the point.
+            Points with False are never read into the loss.
+        max_steps, time_budget
+            Stop after this many optimiser steps (default 200 000) or seconds
+            (preprocessing included), besides early stopping.
+        device
+            ``"cpu"``, ``"cuda"``, ... ; None: CUDA when available.
+        seed
+            Seed of every random choice; the same seed gives the same model
+            on the same machine.
+        show_progressbar
+            None: HyperSpy's preference.
+        resume
+            Path of a checkpoint (``checkpoint=`` option) to continue from;
+            checkpointing then continues into it.
+        nonfinite
+            ``"raise"`` (default) on NaN/inf patterns, or ``"mask"`` to leave
+            them out of training.
+        **options
+            Every hyper-parameter, see
+            :class:`~kikuchipy_neural.training.FitOptions`.
+
+        Returns
+        -------
+        model
+            The fitted :class:`~kikuchipy_neural.NeuralEBSDModel`, also kept
+            as ``s.neural_model``.
+        """
+        from kikuchipy_neural.training.fit import fit
+
+        model = fit(
+            self,
+            formulation=formulation,
+            rank=rank,
+            variance=variance,
+            mask=mask,
+            max_steps=max_steps,
+            time_budget=time_budget,
+            device=device,
+            seed=seed,
+            show_progressbar=show_progressbar,
+            resume=resume,
+            nonfinite=nonfinite,
+            **options,
+        )
+        self._neural_model = model
+        return model
+
+    # ------------------------------------------------------------- decoding
+
+    def neural_reconstruct(self, lazy: bool | None = None) -> EBSD:
+        """The model's patterns on this signal's scan grid.
+
+        Parameters
+        ----------
+        lazy
+            Return a ``LazyEBSD`` decoded chunk by chunk on demand. None:
+            lazy for lazy signals and outputs above 1 GiB.
+
+        Returns
+        -------
+        signal
+            ``EBSD``/``LazyEBSD`` of float32 patterns in the measured
+            intensity scale, with this signal's axes and detector.
+        """
+        from kikuchipy_neural.analysis import queries
+        from kikuchipy_neural.geometry import ScanGeometry
+
+        model = self._require_model()
+        nav_shape = self.data.shape[: self.axes_manager.navigation_dimension]
+        xy = ScanGeometry.from_signal(self).grid_xy().reshape(*nav_shape, 2)
+        lazy = queries.want_lazy(lazy, int(np.prod(nav_shape)), model, self)
+        patterns = queries.decode(model, xy, lazy=lazy)
+        title = self.metadata.get_item("General.title", "")
+        return queries.patterns_to_signal(
+            patterns,
+            queries.axis_dicts(self.axes_manager.navigation_axes[::-1]),
+            queries.axis_dicts(self.axes_manager.signal_axes[::-1]),
+            detector=self.detector,
+            title=f"Neural reconstruction of {title}".strip(),
+        )
 
     # ---------------------------------------------------- HyperSpy overrides
 

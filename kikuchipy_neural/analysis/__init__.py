@@ -1,0 +1,1 @@
+"""Analysis on fitted models: metrics, queries, the diffraction gradient."""

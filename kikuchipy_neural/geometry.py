@@ -1,0 +1,202 @@
+"""Scan geometry: calibrated scan coordinates and the network's input space.
+
+Scan positions are ``(x, y)`` in the signal's calibrated navigation units: a
+point at row ``i``, column ``j`` sits at ``(x0 + j*dx, y0 + i*dy)``. The
+networks see coordinates normalised isotropically: the centre of the scanned
+rectangle maps to 0 and its longer side spans [-1, 1]. Isotropy keeps grains
+round in network space, so a SIREN's frequencies mean the same along x and y.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["ScanGeometry"]
+
+
+@dataclass(frozen=True)
+class ScanGeometry:
+    """Navigation axes of a 2D scan and the pattern shape.
+
+    Parameters
+    ----------
+    nx, ny
+        Number of scan columns and rows.
+    x0, y0
+        Calibrated coordinate of column 0 and row 0.
+    dx, dy
+        Calibrated step along x (columns) and y (rows); may be negative.
+    units
+        Units of the navigation axes (e.g. ``"um"``).
+    pattern_shape
+        Detector shape ``(rows, columns)``.
+    """
+
+    nx: int
+    ny: int
+    x0: float
+    y0: float
+    dx: float
+    dy: float
+    units: str
+    pattern_shape: tuple[int, int]
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def from_signal(cls, signal) -> ScanGeometry:
+        """Read the geometry from a HyperSpy/kikuchipy signal.
+
+        A 1D navigation space (a line scan) is treated as one row.
+        """
+        nav = signal.axes_manager.navigation_axes
+        sig = signal.axes_manager.signal_axes
+        if len(sig) != 2:
+            raise ValueError(f"Expected 2D patterns, got {len(sig)} signal dimensions")
+        if len(nav) == 0:
+            raise ValueError(
+                "The signal has no navigation axes: a neural field needs a scan "
+                "(at least one navigation axis), not a single pattern."
+            )
+        if len(nav) > 2:
+            raise ValueError(f"Expected at most 2 navigation axes, got {len(nav)}")
+        ax_x = nav[0]
+        units = str(ax_x.units) if ax_x.units not in (None, "<undefined>") else "px"
+        if len(nav) == 1:
+            y0, dy, ny = 0.0, float(ax_x.scale), 1
+        else:
+            ax_y = nav[1]
+            y0, dy, ny = float(ax_y.offset), float(ax_y.scale), int(ax_y.size)
+        for name, step in (("x", ax_x.scale), ("y", dy)):
+            if not np.isfinite(step) or step == 0:
+                raise ValueError(f"Navigation axis {name} has an invalid scale {step}")
+        return cls(
+            nx=int(ax_x.size),
+            ny=ny,
+            x0=float(ax_x.offset),
+            y0=y0,
+            dx=float(ax_x.scale),
+            dy=dy,
+            units=units,
+            pattern_shape=(int(sig[1].size), int(sig[0].size)),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScanGeometry:
+        d = dict(d)
+        d["pattern_shape"] = tuple(int(v) for v in d["pattern_shape"])
+        return cls(**d)
+
+    # ---------------------------------------------------------- properties
+
+    @property
+    def nav_shape(self) -> tuple[int, int]:
+        """Scan shape ``(ny, nx)``."""
+        return (self.ny, self.nx)
+
+    @property
+    def n_points(self) -> int:
+        return self.ny * self.nx
+
+    @property
+    def n_pixels(self) -> int:
+        return self.pattern_shape[0] * self.pattern_shape[1]
+
+    @property
+    def x_range(self) -> tuple[float, float]:
+        ends = (self.x0, self.x0 + (self.nx - 1) * self.dx)
+        return (min(ends), max(ends))
+
+    @property
+    def y_range(self) -> tuple[float, float]:
+        ends = (self.y0, self.y0 + (self.ny - 1) * self.dy)
+        return (min(ends), max(ends))
+
+    @property
+    def step(self) -> float:
+        """The smaller absolute scan step, the unit of "one step"."""
+        steps = [abs(self.dx)] + ([abs(self.dy)] if self.ny > 1 else [])
+        return float(min(steps))
+
+    @property
+    def _centre_and_half_extent(self) -> tuple[np.ndarray, float]:
+        (xa, xb), (ya, yb) = self.x_range, self.y_range
+        centre = np.array([(xa + xb) / 2, (ya + yb) / 2])
+        half = max(xb - xa, yb - ya) / 2
+        # A single point or a single row still needs a finite scale.
+        return centre, (half if half > 0 else self.step)
+
+    # --------------------------------------------------------- coordinates
+
+    def grid_xy(self, factor: float = 1.0) -> np.ndarray:
+        """Calibrated coordinates of a grid ``factor`` times finer than the scan.
+
+        The finer grid covers the same rectangle with steps ``dx / factor``
+        and ``dy / factor``: ``round((n - 1) * factor) + 1`` points per axis,
+        so ``factor=1`` gives the scan grid and the corners are always kept.
+
+        Returns
+        -------
+        xy
+            Array of shape ``(ny', nx', 2)``; ``xy[..., 0]`` is x.
+        """
+        if not np.isfinite(factor) or factor <= 0:
+            raise ValueError(f"factor must be a positive number, got {factor}")
+        nx, ny = self.fine_shape(factor)[::-1]
+        xs = self.x0 + np.arange(nx) * self.dx / factor
+        ys = self.y0 + np.arange(ny) * self.dy / factor
+        x, y = np.meshgrid(xs, ys)
+        return np.stack([x, y], axis=-1)
+
+    def fine_shape(self, factor: float) -> tuple[int, int]:
+        """``(ny', nx')`` of :meth:`grid_xy` at ``factor``."""
+        return (
+            int(round((self.ny - 1) * factor)) + 1,
+            int(round((self.nx - 1) * factor)) + 1,
+        )
+
+    def check_inside(self, xy: np.ndarray, extrapolate: bool = False) -> None:
+        """Raise ``ValueError`` for points outside the scanned rectangle.
+
+        Points within a millionth of a step of the edge count as inside, so
+        grid points computed in floating point always pass.
+        """
+        xy = np.asarray(xy, dtype=np.float64)
+        if xy.shape[-1] != 2:
+            raise ValueError(f"xy must have a last axis of length 2, got {xy.shape}")
+        if not np.all(np.isfinite(xy)):
+            raise ValueError("xy contains NaN or infinite coordinates")
+        if extrapolate or xy.size == 0:
+            return
+        tol = 1e-6 * self.step
+        (xa, xb), (ya, yb) = self.x_range, self.y_range
+        x, y = xy[..., 0], xy[..., 1]
+        outside = (x < xa - tol) | (x > xb + tol) | (y < ya - tol) | (y > yb + tol)
+        if outside.any():
+            first = xy.reshape(-1, 2)[np.flatnonzero(outside.ravel())[0]]
+            raise ValueError(
+                f"{int(outside.sum())} point(s) lie outside the scanned area "
+                f"x in [{xa:g}, {xb:g}], y in [{ya:g}, {yb:g}] {self.units} "
+                f"(e.g. ({first[0]:g}, {first[1]:g})); pass extrapolate=True to "
+                "query them anyway."
+            )
+
+    def normalize(self, xy: np.ndarray) -> np.ndarray:
+        """Calibrated ``(x, y)`` -> network input coordinates (float32)."""
+        centre, half = self._centre_and_half_extent
+        return ((np.asarray(xy, dtype=np.float64) - centre) / half).astype(np.float32)
+
+    @property
+    def normalized_per_unit(self) -> float:
+        """Network-coordinate units per calibrated unit (for chain rules)."""
+        return 1.0 / self._centre_and_half_extent[1]
+
+    def index_to_xy(self, flat_index: np.ndarray) -> np.ndarray:
+        """Calibrated coordinates of flat (row-major) scan indices."""
+        rows, cols = np.divmod(np.asarray(flat_index), self.nx)
+        return np.stack([self.x0 + cols * self.dx, self.y0 + rows * self.dy], -1)

@@ -1,0 +1,255 @@
+"""``NeuralEBSDModel``: a trained field with everything needed to use it.
+
+The model couples a :class:`~kikuchipy_neural.fields.NeuralField` with the
+scan geometry (calibrated coordinates), the intensity scale (the field works
+in [0, 1] units, users in measured counts), the detector, and the record of
+its training. Its methods return numpy arrays; the signal classes wrap them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kikuchipy_neural.fields.base import NeuralField
+from kikuchipy_neural.geometry import ScanGeometry
+from kikuchipy_neural.training.preprocessing import Spectrum
+
+__all__ = ["NeuralEBSDModel"]
+
+# Intermediate float32 values per decoding chunk (bounds memory for any n).
+_CHUNK_VALUES = 2**24
+
+
+class NeuralEBSDModel:
+    """A fitted neural field of an EBSD scan.
+
+    Parameters
+    ----------
+    field
+        The trained field.
+    geometry
+        Scan geometry of the training signal.
+    intensity_range
+        ``(low, high)``: the field's 0 and 1 in measured intensity units.
+    detector
+        kikuchipy ``EBSDDetector`` of the training signal, or None.
+    history
+        Training history, columns as in
+        :data:`kikuchipy_neural.training.loop.HISTORY_COLUMNS`.
+    spectrum
+        PCA spectrum used to choose the rank (factorized models).
+    options
+        Fit options used, as a plain dict.
+    info
+        Other facts about the fit (stop reason, time, data dtype, ...).
+    phases
+        orix ``PhaseList`` of the training signal's crystal map, if any.
+    """
+
+    def __init__(
+        self,
+        field: NeuralField,
+        geometry: ScanGeometry,
+        intensity_range: tuple[float, float],
+        detector=None,
+        history: dict[str, list] | None = None,
+        spectrum: Spectrum | None = None,
+        options: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
+        phases=None,
+    ) -> None:
+        self.field = field.eval()
+        self.geometry = geometry
+        self.intensity_range = (float(intensity_range[0]), float(intensity_range[1]))
+        self.detector = detector
+        self.history = history if history is not None else {}
+        self.spectrum = spectrum
+        self.options = options or {}
+        self.info = info or {}
+        self.phases = phases
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def formulation(self) -> str:
+        """``"factorized"`` or ``"joint"``."""
+        return self.field.formulation
+
+    @property
+    def rank(self) -> int | None:
+        """Number of bases (mean included); None for the joint formulation."""
+        return getattr(self.field, "rank", None)
+
+    @property
+    def pattern_shape(self) -> tuple[int, int]:
+        return self.geometry.pattern_shape
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.field.parameters()).device
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.field.parameters())
+
+    def to(self, device: str | torch.device) -> NeuralEBSDModel:
+        """Move the field to ``device``; returns the model."""
+        self.field.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        rank = f", rank {self.rank}" if self.rank is not None else ""
+        return (
+            f"<NeuralEBSDModel {self.formulation}{rank}, scan {g.ny}x{g.nx}, "
+            f"patterns {g.pattern_shape[0]}x{g.pattern_shape[1]}, "
+            f"{self.n_parameters} parameters, {self.device}>"
+        )
+
+    # -------------------------------------------------------------- decoding
+
+    def _chunk_points(self, values_per_point: int) -> int:
+        return max(1, _CHUNK_VALUES // max(1, values_per_point))
+
+    def _to_network(self, xy: np.ndarray, extrapolate: bool) -> torch.Tensor:
+        self.geometry.check_inside(xy, extrapolate)
+        flat = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        return torch.from_numpy(self.geometry.normalize(flat))
+
+    def _denormalize(self, values: torch.Tensor) -> np.ndarray:
+        lo, hi = self.intensity_range
+        return (values * (hi - lo) + lo).cpu().numpy()
+
+    @torch.no_grad()
+    def query(self, xy, extrapolate: bool = False) -> np.ndarray:
+        """Patterns at calibrated positions.
+
+        Parameters
+        ----------
+        xy
+            Array ``(..., 2)`` of ``(x, y)`` in the scan's calibrated units.
+        extrapolate
+            Allow points outside the scanned rectangle.
+
+        Returns
+        -------
+        patterns
+            float32 ``(..., rows, columns)`` in measured intensity units.
+        """
+        xy = np.asarray(xy, dtype=np.float64)
+        net = self._to_network(xy, extrapolate)
+        out = np.empty((len(net), self.geometry.n_pixels), np.float32)
+        step = self._chunk_points(self.geometry.n_pixels)
+        device = self.device
+        for start in range(0, len(net), step):
+            chunk = net[start : start + step].to(device)
+            out[start : start + step] = self._denormalize(
+                self.field.pattern_values(chunk)
+            )
+        return out.reshape(*xy.shape[:-1], *self.pattern_shape)
+
+    def reconstruct(self) -> np.ndarray:
+        """Patterns on the training grid, float32 ``(ny, nx, rows, columns)``."""
+        return self.query(self.geometry.grid_xy())
+
+    def gradient(
+        self, xy, extrapolate: bool = False, per_component: bool = False
+    ) -> np.ndarray:
+        """Diffraction gradient ``S = ||d descriptor / d(x, y)||`` by autograd.
+
+        For the factorized field the descriptor is the coefficient vector in
+        pattern units, for the joint field the whole pattern (see
+        :meth:`~kikuchipy_neural.fields.NeuralField.descriptor`). Derivatives
+        are per calibrated unit of the scan.
+
+        Parameters
+        ----------
+        xy
+            ``(..., 2)`` calibrated positions.
+        extrapolate
+            Allow points outside the scanned rectangle.
+        per_component
+            Return the Jacobian ``(..., d, 2)`` (d/dx, d/dy of each
+            descriptor component) instead of its norm.
+
+        Returns
+        -------
+        S
+            float32 ``(...)``, or ``(..., d, 2)`` with ``per_component``.
+        """
+        from kikuchipy_neural.analysis.gradient import spatial_jacobian
+
+        xy = np.asarray(xy, dtype=np.float64)
+        net = self._to_network(xy, extrapolate)
+        d = self.field.descriptor(net[:1].to(self.device)).shape[1]
+        step = self._chunk_points(4 * d)
+        scale = self.geometry.normalized_per_unit
+        parts = []
+        for start in range(0, len(net), step):
+            jac = spatial_jacobian(
+                self.field, net[start : start + step].to(self.device)
+            )
+            jac = jac * scale  # chain rule: network units -> calibrated units
+            parts.append(jac if per_component else jac.pow(2).sum(dim=(1, 2)).sqrt())
+        out = torch.cat(parts).cpu().numpy().astype(np.float32)
+        return out.reshape(*xy.shape[:-1], *out.shape[1:])
+
+    # ----------------------------------------------------------- consistency
+
+    def check_signal_compatible(self, signal) -> None:
+        """Raise ``ValueError`` if ``signal`` cannot use this model: other
+        pattern shape, other navigation units, or a scan outside the model's."""
+        sig_shape = tuple(int(a.size) for a in signal.axes_manager.signal_axes[::-1])
+        if sig_shape != tuple(self.pattern_shape):
+            raise ValueError(
+                f"The model was fitted on patterns of shape {self.pattern_shape}, "
+                f"this signal has patterns of shape {sig_shape}"
+            )
+        other = ScanGeometry.from_signal(signal)
+        if other.units != self.geometry.units:
+            raise ValueError(
+                f"The model's scan is in {self.geometry.units!r}, this signal's "
+                f"in {other.units!r}"
+            )
+        corners = np.array(
+            [[x, y] for x in other.x_range for y in other.y_range], dtype=np.float64
+        )
+        try:
+            self.geometry.check_inside(corners)
+        except ValueError as err:
+            raise ValueError(
+                "This signal's scan reaches outside the area the model was fitted "
+                f"on: {err}"
+            ) from None
+
+    # --------------------------------------------------------------- figures
+
+    def plot_history(self, ax=None):
+        """Training loss and validation MAE against time, by stage."""
+        import matplotlib.pyplot as plt
+
+        h = self.history
+        if not h.get("step"):
+            raise ValueError("This model has no training history")
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3.5))
+        seconds = np.asarray(h["seconds"], float)
+        mae = np.asarray(h["val_mae"], float)
+        stages = np.asarray(h["stage"])
+        for k, name in enumerate(dict.fromkeys(stages)):
+            sel = stages == name
+            ax.plot(seconds[sel], mae[sel], ".-", color=f"C{k}", label=f"{name}")
+        ax.set_xlabel("time since the fit started (s)")
+        ax.set_ylabel("validation MAE (counts)")
+        ax.set_yscale("log")
+        ax.legend(frameon=False, title="stage")
+        return ax
+
+    def plot_spectrum(self, ax=None):
+        """PCA spectrum with the noise edge and the chosen rank."""
+        if self.spectrum is None:
+            raise ValueError("This model has no PCA spectrum (joint formulation?)")
+        return self.spectrum.plot(rank=self.rank, ax=ax)

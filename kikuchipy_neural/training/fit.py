@@ -1,0 +1,349 @@
+"""``fit``: from a signal to a trained :class:`~kikuchipy_neural.NeuralEBSDModel`.
+
+The steps, each in its own module: validate the request (here), preprocess
+the data (:mod:`.preprocessing`), build the field (:mod:`kikuchipy_neural.fields`),
+build a buffer and samplers (:mod:`.data`, :mod:`.samplers`), and run the
+stages (:mod:`.loop`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from kikuchipy_neural.fields import FIELDS, FactorizedField, build_field
+from kikuchipy_neural.geometry import ScanGeometry
+from kikuchipy_neural.model import NeuralEBSDModel
+from kikuchipy_neural.training.data import PatternSource, make_buffer
+from kikuchipy_neural.training.loop import CHECKPOINT_FORMAT, StageSpec, Trainer
+from kikuchipy_neural.training.options import FitOptions
+from kikuchipy_neural.training.preprocessing import Preprocessed, Spectrum, preprocess
+from kikuchipy_neural.training.samplers import (
+    CoordinateSampler,
+    PositionSampler,
+    ScoreSampler,
+    band_share,
+)
+
+__all__ = ["fit", "resolve_device"]
+
+# The paper's step limit, used when max_steps is None.
+DEFAULT_MAX_STEPS = 200_000
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> "cuda" when available, else "cpu"; unknown devices raise."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but CUDA is not available")
+    return device
+
+
+def _train_mask(mask, geometry: ScanGeometry) -> np.ndarray:
+    """Flat boolean mask over scan points (True: may be trained on)."""
+    if mask is None:
+        return np.ones(geometry.n_points, bool)
+    mask = np.asarray(mask)
+    if hasattr(mask, "compute"):
+        mask = np.asarray(mask.compute())
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be a boolean array, got dtype {mask.dtype}")
+    if mask.size != geometry.n_points or mask.shape not in (
+        geometry.nav_shape,
+        (geometry.nx,),
+        (geometry.n_points,),
+    ):
+        raise ValueError(
+            f"mask must have the navigation shape {geometry.nav_shape}, got {mask.shape}"
+        )
+    return mask.ravel().copy()
+
+
+def _check_rank(rank, variance) -> None:
+    if variance is not None:
+        if rank != "auto":
+            raise ValueError("Give either rank or variance, not both")
+        if not 0 < float(variance) <= 1:
+            raise ValueError(f"variance must be in (0, 1], got {variance}")
+    elif isinstance(rank, str):
+        if rank != "auto":
+            raise ValueError(f"rank must be an integer or 'auto', got {rank!r}")
+    elif not isinstance(rank, int | np.integer) or isinstance(rank, bool):
+        raise TypeError(f"rank must be an integer or 'auto', got {rank!r}")
+
+
+def _prep_to_tensors(prep: Preprocessed) -> dict[str, Any]:
+    """Preprocessing results in a form ``torch.load(weights_only=True)`` reads."""
+
+    def t(a):
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+    return {
+        "intensity_range": list(prep.intensity_range),
+        "train_points": t(prep.train_points),
+        "val_points": t(prep.val_points),
+        "val_patterns": t(prep.val_patterns),
+        "rank": prep.rank,
+        "mean": t(prep.mean),
+        "components": t(prep.components),
+        "scores": t(prep.scores),
+        "spectrum": None
+        if prep.spectrum is None
+        else {
+            k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+            for k, v in prep.spectrum.to_dict().items()
+        },
+    }
+
+
+def _prep_from_tensors(d: dict[str, Any]) -> Preprocessed:
+    def a(t):
+        return None if t is None else t.numpy()
+
+    spectrum = None
+    if d["spectrum"] is not None:
+        spectrum = Spectrum.from_dict(
+            {
+                k: (v.numpy() if torch.is_tensor(v) else v)
+                for k, v in d["spectrum"].items()
+            }
+        )
+    return Preprocessed(
+        intensity_range=tuple(d["intensity_range"]),
+        train_points=a(d["train_points"]),
+        val_points=a(d["val_points"]),
+        val_patterns=a(d["val_patterns"]),
+        rank=d["rank"],
+        mean=a(d["mean"]),
+        components=a(d["components"]),
+        spectrum=spectrum,
+        scores=a(d["scores"]),
+    )
+
+
+def _build_stages(
+    field, prep: Preprocessed, buffer, opts: FitOptions
+) -> list[StageSpec]:
+    share = band_share(
+        opts.band_weight, opts.band_top_fraction, opts.band_fraction_range
+    )
+    if opts.sampler == "coordinates":
+        sampler = CoordinateSampler(
+            buffer, prep, opts.batch_size, opts.band_weight, share
+        )
+    else:
+        sampler = PositionSampler(
+            buffer,
+            prep,
+            opts.positions_per_batch,
+            opts.pixels_per_position,
+            opts.band_weight,
+            share,
+        )
+    stages = []
+    if (
+        isinstance(field, FactorizedField)
+        and opts.warm_start
+        and opts.sampler == "positions"
+    ):
+        stages.append(
+            StageSpec(
+                name="warm_start",
+                sampler=ScoreSampler(prep, opts.positions_per_batch),
+                parameters=list(field.siren.parameters()),
+                patience=opts.warm_start_patience,
+                min_delta=0.0,
+                use_plateau=False,
+            )
+        )
+    stages.append(
+        StageSpec(
+            name="fit",
+            sampler=sampler,
+            parameters=list(field.parameters()),
+            patience=opts.patience,
+            min_delta=opts.min_delta,
+            use_plateau=True,
+        )
+    )
+    return stages
+
+
+def _new_field(formulation: str, prep: Preprocessed, geometry: ScanGeometry, opts):
+    if formulation == "factorized":
+        field = FactorizedField(
+            prep.rank,
+            geometry.pattern_shape,
+            width=opts.siren_width,
+            layers=opts.siren_layers,
+            first_omega_0=opts.first_omega_0,
+            hidden_omega_0=opts.hidden_omega_0,
+        )
+        std = torch.from_numpy(prep.scores.std(axis=0).astype(np.float32)).clamp_min(
+            1e-12
+        )
+        field.initialize_bases(
+            torch.from_numpy(prep.mean), torch.from_numpy(prep.components), std
+        )
+        return field
+    raise ValueError(
+        f"Unknown formulation {formulation!r}; expected one of {sorted(FIELDS)}"
+    )
+
+
+def fit(
+    signal,
+    formulation: str = "factorized",
+    rank: int | str = "auto",
+    variance: float | None = None,
+    mask=None,
+    max_steps: int | None = None,
+    time_budget: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    show_progressbar: bool | None = None,
+    resume: str | os.PathLike | None = None,
+    nonfinite: str = "raise",
+    **options: Any,
+) -> NeuralEBSDModel:
+    """Fit a neural field to an EBSD signal; see ``NeuralEBSD.fit_neural``."""
+    started = time.perf_counter()
+    if formulation not in FIELDS:
+        raise ValueError(
+            f"Unknown formulation {formulation!r}; expected one of {sorted(FIELDS)}"
+        )
+    if nonfinite not in ("raise", "mask"):
+        raise ValueError(f"nonfinite must be 'raise' or 'mask', got {nonfinite!r}")
+    _check_rank(rank, variance)
+    if max_steps is not None and (
+        not isinstance(max_steps, int | np.integer) or max_steps < 0
+    ):
+        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(
+            f"time_budget must be a positive number of seconds, got {time_budget}"
+        )
+    geometry = ScanGeometry.from_signal(signal)
+    train_mask = _train_mask(mask, geometry)
+    device = resolve_device(device)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+
+    checkpoint_state = None
+    if resume is not None:
+        checkpoint_state = torch.load(
+            os.fspath(resume), weights_only=True, map_location="cpu"
+        )
+        if checkpoint_state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{resume} is not a kikuchipy-neural checkpoint")
+        if ScanGeometry.from_dict(checkpoint_state["geometry"]) != geometry:
+            raise ValueError(f"{resume} was written for another scan geometry")
+        if checkpoint_state["formulation"] != formulation:
+            raise ValueError(
+                f"{resume} holds a {checkpoint_state['formulation']!r} fit, not "
+                f"{formulation!r}"
+            )
+        opts = FitOptions.from_kwargs(**{**checkpoint_state["options"], **options})
+        if opts.checkpoint is None:
+            opts.checkpoint = os.fspath(resume)
+    else:
+        opts = FitOptions.from_kwargs(**options)
+
+    source = PatternSource(signal.data)
+    if checkpoint_state is not None:
+        prep = _prep_from_tensors(checkpoint_state["prep"])
+        field = build_field(checkpoint_state["field_config"])
+    else:
+        prep = preprocess(
+            source,
+            train_mask,
+            rank=None if rank == "auto" else rank,
+            variance=variance,
+            need_pca=formulation == "factorized",
+            validation_fraction=opts.validation_fraction,
+            max_validation_points=opts.max_validation_points,
+            pca_samples=opts.pca_samples,
+            memory_budget=opts.memory_budget,
+            nonfinite=nonfinite,
+            rng=rng,
+        )
+        field = _new_field(formulation, prep, geometry, opts)
+    field.to(device)
+
+    buffer = make_buffer(
+        source, prep.train_points, opts.band_top_fraction, opts.memory_budget, rng
+    )
+    xy_all = torch.from_numpy(
+        geometry.normalize(geometry.index_to_xy(np.arange(geometry.n_points)))
+    )
+    trainer = Trainer(
+        field,
+        prep,
+        xy_all,
+        _build_stages(field, prep, buffer, opts),
+        opts,
+        device,
+        rng,
+        checkpoint_extra={
+            "geometry": geometry.to_dict(),
+            "formulation": formulation,
+            "options": opts.to_dict(),
+            "field_config": field.config,
+            "prep": _prep_to_tensors(prep),
+        },
+    )
+    if checkpoint_state is not None:
+        trainer.load_state_dict(checkpoint_state["trainer"])
+
+    total = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total,
+        initial=trainer.progress.step,
+        desc="fit_neural",
+        unit="step",
+        disable=not _show_progressbar(show_progressbar),
+        dynamic_ncols=True,
+    )
+    try:
+        reason = trainer.run(total, time_budget, started, opts.checkpoint, bar)
+    finally:
+        bar.close()
+        buffer.close()
+
+    detector = copy.deepcopy(getattr(signal, "detector", None))
+    xmap = getattr(signal, "xmap", None)
+    return NeuralEBSDModel(
+        field,
+        geometry,
+        prep.intensity_range,
+        detector=detector,
+        history=trainer.progress.history,
+        spectrum=prep.spectrum,
+        options={**opts.to_dict(), "formulation": formulation, "seed": seed},
+        info={
+            "stop_reason": reason,
+            "steps": trainer.progress.step,
+            "seconds": trainer.elapsed,
+            "n_train_points": int(len(prep.train_points)),
+            "n_val_points": int(len(prep.val_points)),
+            "data_dtype": str(signal.data.dtype),
+        },
+        phases=None if xmap is None else xmap.phases,
+    )
+
+
+def _show_progressbar(show: bool | None) -> bool:
+    if show is not None:
+        return bool(show)
+    from hyperspy.defaults_parser import preferences
+
+    return bool(preferences.General.show_progressbar)

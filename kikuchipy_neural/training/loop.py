@@ -1,0 +1,363 @@
+"""The training loop: stages, evaluation, early stopping, checkpoints.
+
+A fit runs one or two stages, each with its own sampler, optimiser and early
+stopping, and shares one validation set and one history:
+
+- ``warm_start`` (factorized field, positions sampler): the SIREN alone is
+  regressed on the whitened PCA scores, which reaches PCA-level patterns in
+  seconds because no pattern is read and the bases are already right;
+- ``fit``: the paper's objective (band-weighted MSE on patterns plus the basis
+  penalty) on every parameter, with ReduceLROnPlateau after the warm-up steps.
+
+Every stage keeps the parameters of its lowest validation loss and ends with
+them, so a stage can only improve the held-out error.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kikuchipy_neural.fields.base import NeuralField
+from kikuchipy_neural.training.losses import band_mask, weighted_mse
+from kikuchipy_neural.training.options import FitOptions
+from kikuchipy_neural.training.preprocessing import Preprocessed
+from kikuchipy_neural.training.samplers import Batch
+
+__all__ = ["StageSpec", "Trainer", "HISTORY_COLUMNS"]
+
+HISTORY_COLUMNS = ("step", "seconds", "stage", "loss", "val_loss", "val_mae", "lr")
+
+CHECKPOINT_FORMAT = "kikuchipy-neural-checkpoint/1"
+
+
+@dataclass
+class StageSpec:
+    """One stage: what it trains, how batches are drawn, when it stops."""
+
+    name: str
+    sampler: object  # callable rng -> Batch
+    parameters: list[torch.nn.Parameter]
+    patience: int
+    min_delta: float
+    use_plateau: bool
+
+
+@dataclass
+class _StageState:
+    step: int = 0
+    best_loss: float = math.inf  # lowest validation loss (for restoring)
+    patience_ref: float = math.inf  # level to beat by min_delta
+    bad_evals: int = 0
+    best_state: dict | None = None
+    done: bool = False
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    stage_index: int = 0
+    history: dict = field(default_factory=lambda: {c: [] for c in HISTORY_COLUMNS})
+    stop_reason: str = ""
+
+
+class Trainer:
+    """Runs the stages of a fit on a field.
+
+    Parameters
+    ----------
+    field
+        The field to train (already initialised, on ``device``).
+    prep
+        Preprocessing results (validation set, intensity scale).
+    xy_all
+        Network coordinates of every scan point, ``(n_points, 2)`` tensor.
+    stages
+        The stages, in order.
+    options
+        Fit options.
+    device
+        Torch device of the field.
+    rng
+        Generator for sampling.
+    """
+
+    def __init__(
+        self,
+        field: NeuralField,
+        prep: Preprocessed,
+        xy_all: torch.Tensor,
+        stages: list[StageSpec],
+        options: FitOptions,
+        device: torch.device,
+        rng: np.random.Generator,
+        checkpoint_extra: dict | None = None,
+    ) -> None:
+        self.field, self.prep, self.opts = field, prep, options
+        # Everything else a checkpoint must hold to rebuild the fit.
+        self.checkpoint_extra = checkpoint_extra or {}
+        self.device, self.rng = device, rng
+        self.xy_all = xy_all.to(device)
+        self.stages = stages
+        self.progress = _Progress()
+        self.stage_states = [_StageState() for _ in stages]
+        self.optimizers = [
+            torch.optim.Adam(s.parameters, lr=options.lr) for s in stages
+        ]
+        self.schedulers = [
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt,
+                factor=options.plateau_factor,
+                patience=options.plateau_patience,
+                min_lr=options.min_lr,
+            )
+            for opt in self.optimizers
+        ]
+        self._running_loss: list[float] = []
+        self._elapsed_before = 0.0  # seconds of earlier sessions (resume)
+        self._prepare_validation()
+
+    # ------------------------------------------------------------ validation
+
+    def _prepare_validation(self) -> None:
+        val = self.prep.val_points
+        self.val_xy = self.xy_all[torch.from_numpy(val)] if len(val) else None
+        if len(val):
+            target = self.prep.normalize(self.prep.val_patterns)
+            mask = band_mask(
+                target, self.field.pattern_shape, self.opts.band_top_fraction
+            )
+            self.val_target = target.to(self.device)
+            self.val_weight = (1.0 + (self.opts.band_weight - 1.0) * mask.float()).to(
+                self.device
+            )
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Validation loss (band-weighted MSE, normalised) and MAE (counts).
+
+        Without validation points, the running training loss stands in and
+        the MAE is NaN.
+        """
+        if self.val_xy is None:
+            loss = (
+                float(np.mean(self._running_loss)) if self._running_loss else math.inf
+            )
+            return loss, math.nan
+        sq, ab, n = 0.0, 0.0, 0
+        for start in range(0, len(self.val_xy), 1024):
+            sl = slice(start, start + 1024)
+            pred = self.field.pattern_values(self.val_xy[sl])
+            diff = pred - self.val_target[sl]
+            sq += float((self.val_weight[sl] * diff**2).sum())
+            ab += float(diff.abs().sum())
+            n += diff.numel()
+        lo, hi = self.prep.intensity_range
+        return sq / n, ab / n * (hi - lo)
+
+    # ------------------------------------------------------------------ step
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        target = batch.target.to(self.device, non_blocking=True)
+        weight = batch.weight.to(self.device, non_blocking=True)
+        xy = self.xy_all[torch.from_numpy(batch.points).to(self.device)]
+        if batch.kind == "scores":
+            # The warm start fits the coefficients (without the constant 1).
+            return weighted_mse(self.field.coefficients(xy)[:, 1:], target, weight)
+        pixels = None if batch.pixels is None else batch.pixels.to(self.device)
+        if batch.kind == "coordinates":
+            prediction = self.field.values_at(xy, pixels)
+        else:
+            prediction = self.field.pattern_values(xy, pixels)
+        loss = weighted_mse(prediction, target, weight)
+        if self.opts.basis_l2:
+            loss = loss + self.opts.basis_l2 * self.field.penalty()
+        return loss
+
+    def _train_step(self, stage: StageSpec, optimizer: torch.optim.Optimizer) -> float:
+        batch = stage.sampler(self.rng)
+        loss = self._loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------- run
+
+    def run(
+        self,
+        max_steps: int,
+        time_budget: float | None,
+        started: float,
+        checkpoint: str | None = None,
+        progressbar=None,
+    ) -> str:
+        """Train until every stage has stopped or a limit is hit.
+
+        Returns the reason training stopped. A ``KeyboardInterrupt`` stops
+        training gracefully: the best parameters so far are kept, the
+        checkpoint (if any) is written, and the reason says "interrupted".
+        """
+        self._started = started
+        p = self.progress
+        try:
+            while p.stage_index < len(self.stages):
+                i = p.stage_index
+                stage, state = self.stages[i], self.stage_states[i]
+                opt, sched = self.optimizers[i], self.schedulers[i]
+                if state.best_state is None:
+                    self._start_stage(i)
+                while not state.done:
+                    if p.step >= max_steps:
+                        return self._finish("max_steps")
+                    if time_budget is not None and self.elapsed >= time_budget:
+                        return self._finish("time_budget")
+                    self._running_loss.append(self._train_step(stage, opt))
+                    p.step += 1
+                    state.step += 1
+                    if progressbar is not None:
+                        progressbar.update(1)
+                    if state.step % self.opts.eval_every == 0:
+                        self._evaluate_stage(i, sched, progressbar)
+                        if checkpoint:
+                            self.save_checkpoint(checkpoint)
+                self._restore_best(i)
+                p.stage_index += 1
+            return self._finish("converged")
+        except KeyboardInterrupt:
+            warnings.warn(
+                "Training interrupted: keeping the best parameters so far"
+                + (f"; resume with resume={checkpoint!r}" if checkpoint else ""),
+                stacklevel=3,
+            )
+            return self._finish("interrupted", checkpoint)
+
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    def _start_stage(self, i: int) -> None:
+        # The parameters a stage starts from are its first candidate, so a
+        # stage never ends worse on the validation set than it began.
+        state = self.stage_states[i]
+        self.field.eval()
+        val_loss, _ = self._record(self.stages[i], self.optimizers[i], math.nan)
+        self.field.train()
+        state.best_loss = state.patience_ref = val_loss
+        state.best_state = copy.deepcopy(self.field.state_dict())
+
+    def _evaluate_stage(self, i: int, scheduler, progressbar) -> None:
+        stage, state = self.stages[i], self.stage_states[i]
+        self.field.eval()
+        val_loss, val_mae = self._record(stage, self.optimizers[i], None)
+        self.field.train()
+        if val_loss < state.best_loss:
+            state.best_loss = val_loss
+            state.best_state = copy.deepcopy(self.field.state_dict())
+        if val_loss < state.patience_ref - stage.min_delta:
+            state.patience_ref = val_loss
+            state.bad_evals = 0
+        else:
+            state.bad_evals += 1
+        if state.bad_evals >= stage.patience:
+            state.done = True
+        if stage.use_plateau and state.step >= self.opts.warmup_steps:
+            scheduler.step(val_loss)
+        if progressbar is not None:
+            progressbar.set_postfix(
+                stage=stage.name,
+                loss=f"{self.progress.history['loss'][-1]:.3g}",
+                val_mae=f"{val_mae:.4g}",
+                refresh=False,
+            )
+
+    def _record(self, stage: StageSpec, optimizer, train_loss) -> tuple[float, float]:
+        val_loss, val_mae = self.evaluate()
+        if train_loss is None:
+            train_loss = (
+                float(np.mean(self._running_loss)) if self._running_loss else math.nan
+            )
+        self._running_loss = []
+        h = self.progress.history
+        for key, value in zip(
+            HISTORY_COLUMNS,
+            (
+                self.progress.step,
+                self.elapsed,
+                stage.name,
+                train_loss,
+                val_loss,
+                val_mae,
+                optimizer.param_groups[0]["lr"],
+            ),
+            strict=True,
+        ):
+            h[key].append(value)
+        return val_loss, val_mae
+
+    def _restore_best(self, i: int) -> None:
+        best = self.stage_states[i].best_state
+        if best is not None:
+            self.field.load_state_dict(best)
+
+    def _finish(self, reason: str, checkpoint: str | None = None) -> str:
+        p = self.progress
+        if p.stage_index < len(self.stages):
+            i = p.stage_index
+            if self.stage_states[i].step % self.opts.eval_every:
+                # Evaluate the last steps too, so nothing trained is unseen.
+                self._evaluate_stage(i, self.schedulers[i], None)
+            if checkpoint:
+                self.save_checkpoint(checkpoint)
+            self._restore_best(i)
+        p.stop_reason = reason
+        return reason
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        p = self.progress
+        return {
+            "field": self.field.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "stages": [vars(s).copy() for s in self.stage_states],
+            "step": p.step,
+            "stage_index": p.stage_index,
+            "history": {k: list(v) for k, v in p.history.items()},
+            "rng": self.rng.bit_generator.state,
+            "elapsed": self.elapsed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        for sched, s in zip(self.schedulers, state["schedulers"], strict=True):
+            sched.load_state_dict(s)
+        for st, s in zip(self.stage_states, state["stages"], strict=True):
+            for key, value in s.items():
+                setattr(st, key, value)
+        self.progress.step = int(state["step"])
+        self.progress.stage_index = int(state["stage_index"])
+        self.progress.history = {k: list(v) for k, v in state["history"].items()}
+        self.rng.bit_generator.state = state["rng"]
+        self._elapsed_before = float(state["elapsed"])
+
+    def save_checkpoint(self, path: str) -> None:
+        """Write atomically: a crash while writing keeps the previous file."""
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "trainer": self.state_dict(),
+            **self.checkpoint_extra,
+        }
+        tmp = f"{path}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)

@@ -1,0 +1,367 @@
+"""Everything a fit computes from the data before the first training step.
+
+- the intensity scale (patterns are normalised to [0, 1] for training);
+- checks that fail before any training: non-finite or constant data;
+- the validation split (points held out from training);
+- PCA of a random subsample of tiles (mean pattern, components, spectrum);
+- the noise variance, from pairs of neighbouring scan points;
+- the rank: given, from a target explained variance, or automatic;
+- the PCA scores of every training point (the warm start's targets) and the
+  validation patterns, in one pass over the data.
+
+Automatic rank: a component is kept when its eigenvalue exceeds the upper
+edge of the Marchenko-Pastur law that pure noise of the measured variance
+would produce, ``sigma^2 (1 + sqrt(p / n))^2`` for ``n`` patterns of ``p``
+pixels. The noise variance comes from the data itself: neighbouring scan
+points inside a grain differ by noise only, so the median over neighbour pairs
+of half their mean squared difference estimates sigma^2, and the median
+ignores the pairs that straddle a boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kikuchipy_neural.training.data import PatternSource, Tile
+
+__all__ = ["Preprocessed", "Spectrum", "preprocess"]
+
+# Components computed at first when the rank is not given; doubled as needed.
+_FIRST_COMPONENTS = 32
+
+
+@dataclass
+class Spectrum:
+    """PCA eigenvalue spectrum with the noise level that decides the rank.
+
+    Eigenvalues are variances of the normalised (``[0, 1]``) intensities.
+    """
+
+    eigenvalues: np.ndarray
+    total_variance: float
+    noise_variance: float | None
+    n_samples: int
+    n_pixels: int
+
+    @property
+    def noise_edge(self) -> float | None:
+        """Largest eigenvalue that pure noise would reach (Marchenko-Pastur)."""
+        if self.noise_variance is None:
+            return None
+        return self.noise_variance * (1 + np.sqrt(self.n_pixels / self.n_samples)) ** 2
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray:
+        return np.cumsum(self.eigenvalues) / self.total_variance
+
+    def auto_rank(self) -> int | None:
+        """Mean pattern + every component above the noise edge; None if the
+        computed components do not yet reach below the edge."""
+        edge = self.noise_edge
+        if edge is None:
+            raise ValueError(
+                "rank='auto' needs neighbouring training points to estimate the "
+                "noise; pass an integer rank or variance= instead."
+            )
+        above = self.eigenvalues > edge
+        if above.all():
+            return None
+        return 1 + int(np.argmin(above))
+
+    def rank_for_variance(self, variance: float) -> int | None:
+        """Smallest rank (mean + components) explaining ``variance``; None if
+        the computed components do not reach it yet."""
+        reached = np.flatnonzero(self.explained_variance_ratio >= variance)
+        if reached.size == 0:
+            return None
+        n_components = int(reached[0]) + 1
+        return 1 + n_components
+
+    def to_dict(self) -> dict:
+        return {
+            "eigenvalues": np.asarray(self.eigenvalues, np.float64),
+            "total_variance": float(self.total_variance),
+            "noise_variance": (
+                float("nan")
+                if self.noise_variance is None
+                else float(self.noise_variance)
+            ),
+            "n_samples": int(self.n_samples),
+            "n_pixels": int(self.n_pixels),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Spectrum:
+        noise = float(d["noise_variance"])
+        return cls(
+            eigenvalues=np.asarray(d["eigenvalues"], np.float64),
+            total_variance=float(d["total_variance"]),
+            noise_variance=None if np.isnan(noise) else noise,
+            n_samples=int(d["n_samples"]),
+            n_pixels=int(d["n_pixels"]),
+        )
+
+    def plot(self, rank: int | None = None, ax=None):
+        """Scree plot with the noise edge and the chosen rank."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.5))
+        k = np.arange(1, len(self.eigenvalues) + 1)
+        ax.semilogy(k, self.eigenvalues, ".-", label="PCA eigenvalues")
+        if self.noise_edge is not None:
+            ax.axhline(self.noise_edge, color="C3", ls="--", label="noise edge (MP)")
+        if rank is not None:
+            ax.axvline(rank - 1 + 0.5, color="k", ls=":", label=f"rank {rank}")
+        ax.set_xlabel("component")
+        ax.set_ylabel("variance (normalised intensity$^2$)")
+        ax.legend(frameon=False)
+        return ax
+
+
+@dataclass
+class Preprocessed:
+    """What a fit knows about the data before training (see module doc)."""
+
+    intensity_range: tuple[float, float]
+    train_points: np.ndarray
+    val_points: np.ndarray
+    val_patterns: np.ndarray  # raw, (n_val, n_pixels)
+    rank: int | None
+    mean: np.ndarray | None  # normalised, (n_pixels,)
+    components: np.ndarray | None  # (rank - 1, n_pixels)
+    spectrum: Spectrum | None
+    scores: np.ndarray | None  # (n_train, rank - 1), aligned with train_points
+
+    def normalize(self, raw) -> torch.Tensor:
+        """Raw intensities (any dtype) -> float32 tensor in [0, 1] units."""
+        lo, hi = self.intensity_range
+        return (torch.as_tensor(np.asarray(raw, dtype=np.float32)) - lo) / (hi - lo)
+
+
+def _check_finite(raw: np.ndarray, policy: str) -> np.ndarray:
+    """Per-pattern finiteness of ``(n, p)`` raw patterns."""
+    if raw.dtype.kind in "iub":
+        return np.ones(len(raw), bool)
+    finite = np.isfinite(raw).all(axis=1)
+    if policy == "raise" and not finite.all():
+        raise ValueError(
+            f"{int((~finite).sum())} pattern(s) contain NaN or infinite values. "
+            "Exclude them with mask=..., or pass nonfinite='mask' to leave them "
+            "out of training automatically."
+        )
+    return finite
+
+
+def _neighbour_noise(
+    tiles: list[tuple[Tile, np.ndarray, np.ndarray]], lo, hi
+) -> float | None:
+    """Median over neighbouring training pairs of half their mean squared
+    difference (normalised units). Neighbours are consecutive training points
+    along a row or a column of a tile, so sparse masks still give pairs."""
+    values = []
+    for _, raw, use in tiles:
+        for grid, ok in ((raw, use), (raw.transpose(1, 0, 2), use.T)):
+            for line, line_ok in zip(grid, ok, strict=True):
+                idx = np.flatnonzero(line_ok)
+                if len(idx) < 2:
+                    continue
+                pts = (line[idx].astype(np.float32) - lo) / (hi - lo)
+                values.append(0.5 * ((pts[1:] - pts[:-1]) ** 2).mean(axis=1))
+    if not values:
+        return None
+    return float(np.median(np.concatenate(values)))
+
+
+def _sample_tiles(
+    source: PatternSource,
+    use: np.ndarray,
+    max_points: int,
+    rng: np.random.Generator,
+) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
+    """Random whole tiles (so neighbours stay together) until ``max_points``
+    usable points are collected; the last tile is cropped to its rows."""
+    picked, total = [], 0
+    for i in rng.permutation(len(source.tiles)):
+        tile = source.tiles[i]
+        tile_use = use[tile.flat_indices(source.nx)].reshape(
+            tile.r1 - tile.r0, tile.c1 - tile.c0
+        )
+        if not tile_use.any():
+            continue
+        room = max_points - total
+        if tile_use.sum() > room:
+            per_row = tile_use.sum(axis=1).cumsum()
+            n_rows = max(1, int(np.searchsorted(per_row, room, side="right")))
+            tile = Tile(tile.r0, tile.r0 + n_rows, tile.c0, tile.c1)
+            tile_use = tile_use[:n_rows]
+        picked.append((tile, source.read_tile(tile), tile_use))
+        total += int(tile_use.sum())
+        if total >= max_points:
+            break
+    return picked
+
+
+def _pca(x: torch.Tensor, q: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``q`` principal directions and eigenvalues of centred rows ``x``."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # svd_lowrank draws a random test matrix
+    try:
+        _, s, v = torch.svd_lowrank(x, q=min(q + 10, min(x.shape)), niter=4)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    eig = (s[:q] ** 2 / max(1, x.shape[0] - 1)).numpy().astype(np.float64)
+    return v[:, :q].T.contiguous().numpy(), eig
+
+
+def preprocess(
+    source: PatternSource,
+    train_mask: np.ndarray,
+    *,
+    rank: int | str | None,
+    variance: float | None,
+    need_pca: bool,
+    validation_fraction: float,
+    max_validation_points: int,
+    pca_samples: int,
+    memory_budget: int,
+    nonfinite: str,
+    rng: np.random.Generator,
+) -> Preprocessed:
+    """Run every pre-training step; see the module docstring.
+
+    ``train_mask`` is a flat boolean array over scan points (True: may be
+    used). Raises ``ValueError`` for unusable data or rank requests.
+    """
+    usable = train_mask.copy()
+    n_pixels = source.n_pixels
+    if not usable.any():
+        raise ValueError("The mask selects no scan points to train on")
+
+    # --- subsample for the scale, the checks and PCA (bounded by memory)
+    max_points = int(min(pca_samples, max(2, memory_budget // (8 * n_pixels))))
+    tiles = _sample_tiles(source, usable, max_points, rng)
+    rows = []
+    for k, (tile, raw, tile_use) in enumerate(tiles):
+        flat = raw.reshape(-1, n_pixels)
+        finite = _check_finite(flat, nonfinite)
+        ok = tile_use.ravel() & finite
+        usable[tile.flat_indices(source.nx)[~finite]] = False
+        tiles[k] = (tile, raw, ok.reshape(tile_use.shape))
+        rows.append(flat[ok])
+    sample = np.concatenate(rows).astype(np.float32)
+    if len(sample) == 0:
+        raise ValueError("No finite patterns among the training points")
+    lo, hi = float(sample.min()), float(sample.max())
+    if not hi > lo:
+        raise ValueError(
+            f"All sampled patterns are constant (every value is {lo:g}): there is "
+            "nothing to fit."
+        )
+
+    def normalize(a: np.ndarray) -> np.ndarray:
+        return (np.asarray(a, np.float32) - lo) / (hi - lo)
+
+    # --- rank and PCA
+    n_usable = int(usable.sum())
+    mean = components = spectrum = None
+    n_components = 0
+    if need_pca:
+        x = torch.from_numpy(normalize(sample))
+        mean_t = x.mean(dim=0)
+        x -= mean_t
+        total_variance = float((x**2).sum() / max(1, len(x) - 1))
+        noise = _neighbour_noise(tiles, lo, hi)
+        max_q = min(len(x) - 1, n_pixels - 1, n_usable - 1)
+        if isinstance(rank, int | np.integer):
+            limit = min(n_usable, n_pixels, len(x))
+            if not 2 <= rank <= limit:
+                raise ValueError(
+                    f"rank={rank} is not possible here: it must be between 2 and "
+                    f"{limit} (training points: {n_usable}, pixels per pattern: "
+                    f"{n_pixels}, patterns sampled for PCA: {len(x)})."
+                )
+            q = rank - 1
+        else:
+            q = min(_FIRST_COMPONENTS, max_q)
+        seed = int(rng.integers(2**31))
+        while True:
+            comps, eig = _pca(x, q, seed)
+            spectrum = Spectrum(eig, total_variance, noise, len(x), n_pixels)
+            if isinstance(rank, int | np.integer):
+                chosen = int(rank)
+            elif variance is not None:
+                chosen = spectrum.rank_for_variance(variance)
+            else:
+                chosen = spectrum.auto_rank()
+            if chosen is not None or q >= max_q:
+                break
+            q = min(2 * q, max_q)
+        rank = chosen if chosen is not None else q + 1
+        n_components = rank - 1
+        mean, components = mean_t.numpy(), comps[:n_components]
+        del x
+
+    # --- validation split among usable points
+    candidates = np.flatnonzero(usable)
+    n_val = min(
+        max_validation_points, int(round(validation_fraction * len(candidates)))
+    )
+    n_val = min(n_val, len(candidates) - 1)
+    val_points = np.sort(rng.choice(candidates, size=n_val, replace=False))
+    is_val = np.zeros_like(usable)
+    is_val[val_points] = True
+
+    # --- one pass: finiteness everywhere, scores of training points, validation patterns
+    score_rows, val_rows, val_found = [], [], []
+    comps_t = None if components is None else torch.from_numpy(components).T
+    mean_t = None if mean is None else torch.from_numpy(mean)
+    for tile, raw in source.iter_tiles():
+        flat_idx = tile.flat_indices(source.nx)
+        flat = raw.reshape(-1, n_pixels)
+        wanted = usable[flat_idx]
+        if not wanted.any():
+            continue
+        finite = _check_finite(flat[wanted], nonfinite)
+        bad = flat_idx[wanted][~finite]
+        usable[bad] = False
+        is_val[bad] = False
+        train_here = usable[flat_idx] & ~is_val[flat_idx]
+        if comps_t is not None and train_here.any():
+            x = torch.from_numpy(normalize(flat[train_here])) - mean_t
+            score_rows.append((flat_idx[train_here], (x @ comps_t).numpy()))
+        val_here = is_val[flat_idx]
+        if val_here.any():
+            val_found.append(flat_idx[val_here])
+            val_rows.append(np.array(flat[val_here]))
+    train_points = np.flatnonzero(usable & ~is_val)
+    if len(train_points) == 0:
+        raise ValueError("No usable training points remain after the validation split")
+
+    scores = None
+    if comps_t is not None:
+        # Tiles may visit points out of order: align scores with train_points.
+        idx = np.concatenate([i for i, _ in score_rows])
+        vals = np.concatenate([v for _, v in score_rows])
+        scores = vals[np.argsort(idx)]
+    if val_found:
+        order = np.argsort(np.concatenate(val_found))
+        val_points = np.concatenate(val_found)[order]
+        val_patterns = np.concatenate(val_rows)[order]
+    else:
+        val_points = np.zeros(0, np.int64)
+        val_patterns = np.zeros((0, n_pixels), source.data.dtype)
+    return Preprocessed(
+        intensity_range=(lo, hi),
+        train_points=train_points,
+        val_points=val_points,
+        val_patterns=val_patterns,
+        rank=rank if need_pca else None,
+        mean=mean,
+        components=components,
+        spectrum=spectrum,
+        scores=scores,
+    )
