@@ -10,6 +10,7 @@ round in network space, so a SIREN's frequencies mean the same along x and y.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -32,6 +33,14 @@ class ScanGeometry:
         Units of the navigation axes (e.g. ``"um"``).
     pattern_shape
         Detector shape ``(rows, columns)``.
+    positions
+        Explicit ``(x, y)`` of every scan point, for scans that are not on a
+        square grid (e.g. hexagonal grids, or any scattered points) of a
+        signal with one navigation axis; build with :meth:`with_positions`.
+        Such a geometry is a line of ``nx`` points (``ny = 1``) whose
+        scanned area is the bounding rectangle of the points; ``x0, y0`` are
+        its lower corner and ``dx = dy`` the median nearest-neighbour
+        distance (the "step").
     """
 
     nx: int
@@ -42,6 +51,7 @@ class ScanGeometry:
     dy: float
     units: str
     pattern_shape: tuple[int, int]
+    positions: tuple[tuple[float, float], ...] | None = None
 
     # ------------------------------------------------------------ building
 
@@ -83,16 +93,85 @@ class ScanGeometry:
             pattern_shape=(int(sig[1].size), int(sig[0].size)),
         )
 
+    def with_positions(self, positions) -> ScanGeometry:
+        """This geometry with explicit point coordinates (scattered scan).
+
+        Parameters
+        ----------
+        positions
+            ``(n_points, 2)`` calibrated ``(x, y)`` of every scan point, in
+            the order of the (single) navigation axis.
+
+        Raises
+        ------
+        ValueError
+            For a 2D scan, a wrong shape, non-finite or repeated points.
+        """
+        xy = np.asarray(positions, dtype=np.float64)
+        if self.ny != 1:
+            raise ValueError(
+                "Explicit positions need a signal with one navigation axis (the "
+                f"patterns as a list); this scan is {self.ny}x{self.nx}."
+            )
+        if xy.shape != (self.nx, 2):
+            raise ValueError(
+                f"positions must have shape ({self.nx}, 2) (one (x, y) per "
+                f"pattern), got {xy.shape}"
+            )
+        if not np.all(np.isfinite(xy)):
+            raise ValueError("positions contain NaN or infinite coordinates")
+        if len(xy) < 2:
+            raise ValueError("A scattered scan needs at least two positions")
+        from scipy.spatial import cKDTree
+
+        nearest = cKDTree(xy).query(xy, k=2)[0][:, 1]
+        if not nearest.min() > 0:
+            raise ValueError(
+                f"positions contain {int((nearest == 0).sum())} repeated point(s)"
+            )
+        step = float(np.median(nearest))
+        return ScanGeometry(
+            nx=self.nx,
+            ny=1,
+            x0=float(xy[:, 0].min()),
+            y0=float(xy[:, 1].min()),
+            dx=step,
+            dy=step,
+            units=self.units,
+            pattern_shape=self.pattern_shape,
+            positions=tuple((float(x), float(y)) for x, y in xy),
+        )
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["positions"] is None:
+            # Grid scans keep the keys they always had (file formats).
+            del d["positions"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ScanGeometry:
         d = dict(d)
         d["pattern_shape"] = tuple(int(v) for v in d["pattern_shape"])
+        if d.get("positions") is not None:
+            d["positions"] = tuple(
+                (float(x), float(y))
+                for x, y in np.asarray(d["positions"]).reshape(-1, 2)
+            )
         return cls(**d)
 
     # ---------------------------------------------------------- properties
+
+    @property
+    def scattered(self) -> bool:
+        """Whether the scan points have explicit coordinates (no grid)."""
+        return self.positions is not None
+
+    @cached_property
+    def _positions_array(self) -> np.ndarray:
+        # cached_property writes the instance __dict__ directly, which a
+        # frozen dataclass allows; converting the tuples once keeps queries fast.
+        return np.asarray(self.positions, dtype=np.float64).reshape(-1, 2)
 
     @property
     def nav_shape(self) -> tuple[int, int]:
@@ -109,11 +188,17 @@ class ScanGeometry:
 
     @property
     def x_range(self) -> tuple[float, float]:
+        if self.scattered:
+            x = self._positions_array[:, 0]
+            return (float(x.min()), float(x.max()))
         ends = (self.x0, self.x0 + (self.nx - 1) * self.dx)
         return (min(ends), max(ends))
 
     @property
     def y_range(self) -> tuple[float, float]:
+        if self.scattered:
+            y = self._positions_array[:, 1]
+            return (float(y.min()), float(y.max()))
         ends = (self.y0, self.y0 + (self.ny - 1) * self.dy)
         return (min(ends), max(ends))
 
@@ -137,8 +222,14 @@ class ScanGeometry:
         """Calibrated coordinates of a grid ``factor`` times finer than the scan.
 
         The finer grid covers the same rectangle with steps ``dx / factor``
-        and ``dy / factor``: ``round((n - 1) * factor) + 1`` points per axis,
-        so ``factor=1`` gives the scan grid and the corners are always kept.
+        and ``dy / factor``: ``floor((n - 1) * factor) + 1`` points per axis,
+        so ``factor=1`` gives the scan grid, the first corner is always kept,
+        and so is the far one when ``(n - 1) * factor`` is whole (a
+        non-integer factor never reaches past the scan).
+
+        A scattered scan (:attr:`scattered`) has no grid: ``factor=1`` gives
+        its points as ``(1, n, 2)``, other factors raise ``ValueError`` (see
+        :meth:`square_grid_xy`).
 
         Returns
         -------
@@ -147,6 +238,13 @@ class ScanGeometry:
         """
         if not np.isfinite(factor) or factor <= 0:
             raise ValueError(f"factor must be a positive number, got {factor}")
+        if self.scattered:
+            if factor != 1:
+                raise ValueError(
+                    "A scan with explicit positions has no grid to refine; use "
+                    "square_grid_xy(step) for a square grid over its area."
+                )
+            return self._positions_array.reshape(1, -1, 2).copy()
         nx, ny = self.fine_shape(factor)[::-1]
         xs = self.x0 + np.arange(nx) * self.dx / factor
         ys = self.y0 + np.arange(ny) * self.dy / factor
@@ -155,10 +253,44 @@ class ScanGeometry:
 
     def fine_shape(self, factor: float) -> tuple[int, int]:
         """``(ny', nx')`` of :meth:`grid_xy` at ``factor``."""
+        if self.scattered:
+            if factor != 1:
+                raise ValueError("A scan with explicit positions has no grid to refine")
+            return self.nav_shape
+        # The tolerance keeps whole products whole despite rounding errors.
         return (
-            int(round((self.ny - 1) * factor)) + 1,
-            int(round((self.nx - 1) * factor)) + 1,
+            int(np.floor((self.ny - 1) * factor + 1e-9)) + 1,
+            int(np.floor((self.nx - 1) * factor + 1e-9)) + 1,
         )
+
+    def square_grid_xy(self, step: float | None = None) -> np.ndarray:
+        """A square grid of spacing ``step`` over the scanned rectangle.
+
+        Starts at the lower corner ``(min x, min y)`` and never reaches past
+        the scan, so every point can be queried without extrapolation. This
+        is how a scattered scan (e.g. a hexagonal grid) is resampled onto a
+        square grid.
+
+        Parameters
+        ----------
+        step
+            Grid spacing in calibrated units; default :attr:`step`.
+
+        Returns
+        -------
+        xy
+            ``(ny', nx', 2)`` calibrated coordinates, x increasing along
+            columns and y along rows.
+        """
+        step = self.step if step is None else float(step)
+        if not np.isfinite(step) or step <= 0:
+            raise ValueError(f"step must be a positive number, got {step}")
+        axes = []
+        for lo, hi in (self.x_range, self.y_range):
+            n = int(np.floor((hi - lo) / step + 1e-9)) + 1
+            axes.append(lo + np.arange(n) * step)
+        x, y = np.meshgrid(*axes)
+        return np.stack([x, y], axis=-1)
 
     def check_inside(self, xy: np.ndarray, extrapolate: bool = False) -> None:
         """Raise ``ValueError`` for points outside the scanned rectangle.
@@ -198,5 +330,7 @@ class ScanGeometry:
 
     def index_to_xy(self, flat_index: np.ndarray) -> np.ndarray:
         """Calibrated coordinates of flat (row-major) scan indices."""
+        if self.scattered:
+            return self._positions_array[np.asarray(flat_index)]
         rows, cols = np.divmod(np.asarray(flat_index), self.nx)
         return np.stack([self.x0 + cols * self.dx, self.y0 + rows * self.dy], -1)

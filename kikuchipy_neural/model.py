@@ -8,14 +8,16 @@ its training. Its methods return numpy arrays; the signal classes wrap them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from kikuchipy_neural.fields.base import NeuralField
 from kikuchipy_neural.geometry import ScanGeometry
-from kikuchipy_neural.training.preprocessing import Spectrum
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kikuchipy_neural.training.preprocessing import Spectrum
 
 __all__ = ["NeuralEBSDModel"]
 
@@ -47,6 +49,8 @@ class NeuralEBSDModel:
         Other facts about the fit (stop reason, time, data dtype, ...).
     phases
         orix ``PhaseList`` of the training signal's crystal map, if any.
+    validation_points
+        Flat (row-major) scan indices held out for early stopping.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class NeuralEBSDModel:
         options: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
         phases=None,
+        validation_points: np.ndarray | None = None,
     ) -> None:
         self.field = field.eval()
         self.geometry = geometry
@@ -70,6 +75,9 @@ class NeuralEBSDModel:
         self.options = options or {}
         self.info = info or {}
         self.phases = phases
+        # Flat scan indices held out of training for early stopping (their
+        # patterns are what the history's validation MAE measures).
+        self.validation_points = validation_points
 
     # ------------------------------------------------------------ properties
 
@@ -185,7 +193,17 @@ class NeuralEBSDModel:
         xy = np.asarray(xy, dtype=np.float64)
         net = self._to_network(xy, extrapolate)
         d = self.field.descriptor(net[:1].to(self.device)).shape[1]
-        step = self._chunk_points(4 * d)
+        # Forward-mode AD keeps primal and tangent activations of every layer:
+        # bound the chunk by the widest layer too, not by the output alone.
+        width = max(
+            (
+                m.out_features
+                for m in self.field.modules()
+                if isinstance(m, torch.nn.Linear)
+            ),
+            default=0,
+        )
+        step = self._chunk_points(4 * (d + width))
         scale = self.geometry.normalized_per_unit
         parts = []
         for start in range(0, len(net), step):
@@ -196,6 +214,32 @@ class NeuralEBSDModel:
             parts.append(jac if per_component else jac.pow(2).sum(dim=(1, 2)).sqrt())
         out = torch.cat(parts).cpu().numpy().astype(np.float32)
         return out.reshape(*xy.shape[:-1], *out.shape[1:])
+
+    # ------------------------------------------------------------------ file
+
+    def save(self, path, precision: str = "float16", overwrite: bool = True):
+        """Write the model to one HDF5 file (no pickle: loading runs no code).
+
+        Parameters
+        ----------
+        path
+            File to write, e.g. ``"model.h5"``.
+        precision
+            ``"float32"`` (bit-exact), ``"float16"`` (default) or ``"int8"``
+            (float16 network, 8-bit bases); see
+            :data:`kikuchipy_neural.io.model_file.PRECISIONS`.
+        overwrite
+            Replace an existing file.
+
+        Returns
+        -------
+        path
+            The path written, as a ``pathlib.Path``. Read it back with
+            :func:`kikuchipy_neural.load_model` or :func:`kikuchipy_neural.load`.
+        """
+        from kikuchipy_neural.io.model_file import save_model
+
+        return save_model(self, path, precision=precision, overwrite=overwrite)
 
     # ----------------------------------------------------------- consistency
 
@@ -209,6 +253,16 @@ class NeuralEBSDModel:
                 f"this signal has patterns of shape {sig_shape}"
             )
         other = ScanGeometry.from_signal(signal)
+        if self.geometry.scattered:
+            # Explicit positions belong to the patterns in order: the signal
+            # must be the training list itself.
+            if other.nav_shape != self.geometry.nav_shape:
+                raise ValueError(
+                    f"The model was fitted on {self.geometry.n_points} patterns at "
+                    "explicit positions; this signal's navigation shape is "
+                    f"{signal.axes_manager.navigation_shape[::-1]}"
+                )
+            return
         if other.units != self.geometry.units:
             raise ValueError(
                 f"The model's scan is in {self.geometry.units!r}, this signal's "

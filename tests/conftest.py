@@ -22,14 +22,31 @@ CALVAT_FIXTURE = (
 )
 
 # Options that make test fits take seconds; every value is a public option.
+# first_omega_0: the paper's 30 suits scans of ~64 points across; a 12-point
+# scan needs about 6 for the same phase step between neighbours (see
+# kikuchipy_neural.training.fit._warn_if_omega_too_high).
 FAST_FIT = dict(
-    siren_width=64,
+    siren_width=128,
     siren_layers=3,
+    first_omega_0=6.0,
     eval_every=10,
-    patience=4,
-    warm_start_patience=4,
+    patience=5,
+    warm_start_patience=8,
+    lr_ramp_steps=20,
     show_progressbar=False,
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_numba_cache_dir():
+    """Tests that index directly with kikuchipy import PyEBSDIndex, which sets
+    NUMBA_CACHE_DIR for the whole process; child processes of later tests
+    (notebook kernels, torchrun ranks, dask workers) would inherit it and
+    crash (see kikuchipy_neural.analysis.metrics.keep_numba_cache_dir)."""
+    from kikuchipy_neural.analysis.metrics import keep_numba_cache_dir
+
+    with keep_numba_cache_dir():
+        yield
 
 
 @pytest.fixture(scope="session")

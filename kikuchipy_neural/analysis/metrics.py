@@ -8,6 +8,9 @@ map, in counts and in percent of the dataset's maximum intensity.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +150,8 @@ def hough_index(
     n_bands
         Bands per pattern for PyEBSDIndex.
     **kwargs
-        Passed to ``EBSD.hough_indexing``.
+        Passed to ``EBSD.hough_indexing``; ``verbose=0`` (default) also
+        silences kikuchipy's information printout.
 
     Returns
     -------
@@ -168,9 +172,34 @@ def hough_index(
         static_bg=np.asarray(static_background, np.float32), show_progressbar=False
     )
     s.remove_dynamic_background(show_progressbar=False)
-    indexer = s.detector.get_indexer(phase_list, nBands=n_bands)
     kwargs.setdefault("verbose", 0)
-    return s.hough_indexing(phase_list, indexer, **kwargs)
+    with keep_numba_cache_dir():
+        indexer = s.detector.get_indexer(phase_list, nBands=n_bands)
+        if kwargs["verbose"]:
+            return s.hough_indexing(phase_list, indexer, **kwargs)
+        # kikuchipy prints an information block even with verbose=0.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return s.hough_indexing(phase_list, indexer, **kwargs)
+
+
+@contextlib.contextmanager
+def keep_numba_cache_dir():
+    """Undo PyEBSDIndex's process-wide ``NUMBA_CACHE_DIR`` on exit.
+
+    PyEBSDIndex sets ``os.environ["NUMBA_CACHE_DIR"]`` when imported. Child
+    processes (dask workers, notebook kernels, ``torchrun`` ranks) inherit it
+    and then load kikuchipy's numba caches from PyEBSDIndex's folder, which
+    crashed them with a segmentation fault here (PyEBSDIndex 0.3.10, numba
+    0.68). This process has read its numba configuration already.
+    """
+    before = os.environ.get("NUMBA_CACHE_DIR")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("NUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NUMBA_CACHE_DIR"] = before
 
 
 def orientation_deviation(

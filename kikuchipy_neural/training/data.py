@@ -12,7 +12,7 @@ would be by uniform sampling.
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -113,18 +113,32 @@ class PatternSource:
         return self.data.reshape(self.ny * self.nx, self.n_pixels)
 
 
+# Patterns per piece when computing band masks: the float32 work arrays of a
+# piece (a few copies of 256 x n_pixels) count against no budget, so keep
+# them small; masks are per pattern, so the piece size does not change them.
+_BAND_PIECE = 256
+
+
 def _band_bits(
-    raw: np.ndarray, pattern_shape: tuple[int, int], top_fraction: float
+    raw: np.ndarray,
+    pattern_shape: tuple[int, int],
+    top_fraction: float,
+    device: torch.device | None = None,
 ) -> np.ndarray:
-    """Packed band masks of ``(n, n_pixels)`` raw patterns, in chunks."""
-    out = []
-    for start in range(0, len(raw), 1024):
-        chunk = torch.from_numpy(
-            np.asarray(raw[start : start + 1024], dtype=np.float32)
-        )
-        out.append(pack_mask(band_mask(chunk, pattern_shape, top_fraction)))
+    """Packed band masks of ``(n, n_pixels)`` raw patterns, in pieces
+    (computed on ``device``, e.g. a GPU, when given)."""
     n_bytes = -(-int(np.prod(pattern_shape)) // 8)
-    return np.concatenate(out) if out else np.zeros((0, n_bytes), np.uint8)
+    out = np.empty((len(raw), n_bytes), np.uint8)
+    for start in range(0, len(raw), _BAND_PIECE):
+        piece = torch.from_numpy(
+            np.asarray(raw[start : start + _BAND_PIECE], dtype=np.float32)
+        )
+        if device is not None:
+            piece = piece.to(device)
+        out[start : start + len(piece)] = pack_mask(
+            band_mask(piece, pattern_shape, top_fraction)
+        )
+    return out
 
 
 class _Sampling:
@@ -134,12 +148,21 @@ class _Sampling:
     points: np.ndarray  # flat scan index of every buffered row
     patterns: np.ndarray  # (rows, n_pixels), original dtype
     band_bits: np.ndarray  # (rows, bytes)
+    # Rows of the arrays that hold data (None: all of them); a buffer with
+    # fixed storage fills only part of it.
+    _row_ids: np.ndarray | None = None
+
+    def _n_rows(self) -> int:
+        return len(self.points) if self._row_ids is None else len(self._row_ids)
+
+    def _rows_of(self, drawn: np.ndarray) -> np.ndarray:
+        return drawn if self._row_ids is None else self._row_ids[drawn]
 
     def _draw_rows(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        n_rows = len(self.points)
+        n_rows = self._n_rows()
         if n >= n_rows:  # small scans: every buffered point, a full batch
-            return np.arange(n_rows)
-        return rng.choice(n_rows, size=n, replace=False)
+            return self._rows_of(np.arange(n_rows))
+        return self._rows_of(rng.choice(n_rows, size=n, replace=False))
 
     def sample(
         self, n: int, rng: np.random.Generator
@@ -150,12 +173,13 @@ class _Sampling:
         masks ``(n, n_pixels)``.
         """
         rows = np.sort(self._draw_rows(n, rng))
-        self._consumed(rows, 1.0)
-        return (
+        batch = (
             self.points[rows],
             self.patterns[rows],
             unpack_mask(self.band_bits[rows], self.n_pixels),
         )
+        self._consumed(rows, 1.0)  # may swap chunks: read the batch first
+        return batch
 
     def sample_pairs(
         self, n: int, band_share: float, rng: np.random.Generator
@@ -167,7 +191,7 @@ class _Sampling:
         pattern's band pixels.
         """
         m = 4 * n
-        rows = rng.integers(0, len(self.points), size=m)
+        rows = self._rows_of(rng.integers(0, self._n_rows(), size=m))
         pixels = rng.integers(0, self.n_pixels, size=m)
         byte = self.band_bits[rows, pixels // 8]
         is_band = ((byte >> (7 - pixels % 8)) & 1).astype(bool)
@@ -176,10 +200,10 @@ class _Sampling:
         rest_idx = np.flatnonzero(~is_band)[: n - n_band]
         chosen = np.concatenate([band_idx, rest_idx])
         rows, pixels, is_band = rows[chosen], pixels[chosen], is_band[chosen]
-        values = self.patterns[rows, pixels]
+        batch = (self.points[rows], pixels, self.patterns[rows, pixels], is_band)
         # A pixel is 1/n_pixels of a pattern's worth of draws.
         self._consumed(rows, 1.0 / self.n_pixels)
-        return self.points[rows], pixels, values, is_band
+        return batch
 
     def _consumed(self, rows: np.ndarray, weight: float) -> None:
         """Hook for buffers that retire data once it has been drawn."""
@@ -196,24 +220,35 @@ class InMemoryBuffer(_Sampling):
         source: PatternSource,
         train_points: np.ndarray,
         top_fraction: float,
+        device: torch.device | None = None,
     ) -> None:
         self.n_pixels = source.n_pixels
         self.points = np.asarray(train_points)
         if source.is_lazy:
-            points, patterns = [], []
-            for tile, raw in source.iter_tiles():
-                flat = tile.flat_indices(source.nx)
-                keep = np.isin(flat, self.points)
-                points.append(flat[keep])
-                patterns.append(raw.reshape(-1, source.n_pixels)[keep])
-            self.points, self.patterns = (
-                np.concatenate(points),
-                np.concatenate(patterns),
+            # Filled tile by tile into arrays allocated once: no second copy.
+            train = np.zeros(source.ny * source.nx, bool)
+            train[self.points] = True
+            self.points = np.empty(len(self.points), np.int64)
+            self.patterns = np.empty(
+                (len(self.points), source.n_pixels), source.data.dtype
             )
+            filled = 0
+            tiles = [t for t in source.tiles if train[t.flat_indices(source.nx)].any()]
+            for tile, raw in source.iter_tiles(tiles):  # only tiles in use are read
+                flat = tile.flat_indices(source.nx)
+                keep = train[flat]
+                n = int(keep.sum())
+                self.points[filled : filled + n] = flat[keep]
+                self.patterns[filled : filled + n] = raw.reshape(-1, source.n_pixels)[
+                    keep
+                ]
+                filled += n
         else:
             # Index rows of the caller's array on demand instead of copying it.
             self.patterns = _RowView(source.flat_view(), self.points)
-        self.band_bits = _band_bits(self.patterns, source.pattern_shape, top_fraction)
+        self.band_bits = _band_bits(
+            self.patterns, source.pattern_shape, top_fraction, device
+        )
 
 
 class _RowView:
@@ -236,11 +271,19 @@ class ShuffleBuffer(_Sampling):
     """Bounded buffer of dask chunks, refilled in the background.
 
     Chunks (tiles) enter in a random order that is reshuffled every epoch.
-    Each chunk stays until as many positions have been drawn from it as it
+    A chunk stays until as many positions have been drawn from it as it
     holds training points, i.e. until its points have been sampled once in
     expectation, so every training point is visited with the same frequency
     as under uniform sampling. The next chunk is read by a background thread
     while the buffered ones are being sampled.
+
+    The slots are allocated once and a new chunk is copied into the slot it
+    replaces, so memory stays at the slots plus the chunk being read. The
+    chunks of the first fill leave after a growing share of their draws
+    (1/n, 2/n, ... of their points), so that chunks leave one at a time
+    rather than all at once, and the background read overlaps sampling; the
+    draws a chunk missed are owed at its next visit (each chunk's draws are
+    counted over the whole fit), so visit frequencies stay uniform.
 
     Parameters
     ----------
@@ -251,9 +294,20 @@ class ShuffleBuffer(_Sampling):
     top_fraction
         Band-pixel share for the band masks.
     max_bytes
-        Budget for the buffered patterns (raw dtype) and their band masks.
+        Budget for the buffered patterns (raw dtype) and their band masks,
+        the chunk being read in the background included.
     rng
         Generator for the chunk order.
+    device
+        Where band masks are computed (default: CPU).
+
+    Attributes
+    ----------
+    stall_seconds
+        Time the sampling thread waited for a chunk that was not read yet
+        (disk slower than compute).
+    chunks_loaded
+        Chunks read so far, the first fill included.
     """
 
     def __init__(
@@ -263,75 +317,121 @@ class ShuffleBuffer(_Sampling):
         top_fraction: float,
         max_bytes: int,
         rng: np.random.Generator,
+        device: torch.device | None = None,
     ) -> None:
         self.source = source
         self.n_pixels = source.n_pixels
         self.top_fraction = top_fraction
+        self.device = device
         train = np.zeros(source.ny * source.nx, bool)
         train[train_points] = True
         self._train = train
         self.tiles = [t for t in source.tiles if train[t.flat_indices(source.nx)].any()]
-        row_bytes = source.n_pixels * source.itemsize + -(-source.n_pixels // 8)
-        largest = max(t.n_points for t in self.tiles) * row_bytes
         if len(self.tiles) < 2:
             raise ValueError(
                 "A shuffle buffer needs at least two chunks; use InMemoryBuffer"
             )
-        # One more chunk is always being loaded in the background, and a chunk
+        n_bytes = -(-source.n_pixels // 8)
+        row_bytes = source.n_pixels * source.itemsize + n_bytes
+        self.capacity = int(
+            max(train[t.flat_indices(source.nx)].sum() for t in self.tiles)
+        )
+        largest = self.capacity * row_bytes
+        # Besides the slots, one chunk is being read in the background and
+        # dask may hold its pieces and their concatenation at once; a chunk
         # must never sit in two slots at once.
-        self.n_slots = int(max(1, min(len(self.tiles) - 1, max_bytes // largest - 1)))
-        self.peak_bytes_estimate = (self.n_slots + 1) * largest
+        self.n_slots = int(max(1, min(len(self.tiles) - 1, max_bytes // largest - 2)))
+        self.peak_bytes_estimate = (self.n_slots + 2) * largest
+        rows = self.n_slots * self.capacity
+        self.points = np.zeros(rows, np.int64)
+        self.patterns = np.zeros((rows, source.n_pixels), source.data.dtype)
+        self.band_bits = np.zeros((rows, n_bytes), np.uint8)
+        self._count = np.zeros(self.n_slots, np.int64)  # filled rows per slot
+        self._slot_tile = np.full(self.n_slots, -1)  # tile index in each slot
+        self._leave_at = np.zeros(self.n_slots)  # a slot's tile leaves at this
+        self._drawn = np.zeros(len(self.tiles))  # draws per tile, whole fit
+        self._owed = np.zeros(len(self.tiles))  # points per tile x its visits
+        self.stall_seconds = 0.0
+        self.chunks_loaded = 0
         self._rng = rng
-        self._order: list[Tile] = []
+        self._order: list[int] = []
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="kpn-prefetch"
         )
-        self._lock = threading.Lock()
-        self._slots: list[dict] = []
         self._pending: Future | None = None
-        for _ in range(self.n_slots):
-            self._slots.append(self._load(self._next_tile()))
-        self._rebuild()
+        self._pending_tile: int | None = None
+        for k in range(self.n_slots):
+            i = self._next_tile()
+            self._put(k, i, self._load(i), early=(k + 1) / self.n_slots)
+        self._update_rows()
         self._prefetch()
 
-    def _next_tile(self) -> Tile:
-        if not self._order:
-            self._order = [
-                self.tiles[i] for i in self._rng.permutation(len(self.tiles))
-            ]
-        return self._order.pop()
+    def _next_tile(self) -> int:
+        """The next tile of the epoch's order that is not buffered already."""
+        busy = set(self._slot_tile[self._slot_tile >= 0].tolist())
+        if self._pending_tile is not None:
+            busy.add(self._pending_tile)
+        while True:
+            for j in range(len(self._order) - 1, -1, -1):
+                if self._order[j] not in busy:
+                    return self._order.pop(j)
+            # The rest of this epoch is buffered right now: the next epoch's
+            # order goes behind it (the rest is still taken first).
+            self._order = list(self._rng.permutation(len(self.tiles))) + self._order
 
-    def _load(self, tile: Tile) -> dict:
+    def _load(self, i: int) -> dict:
+        tile = self.tiles[i]
         raw = self.source.read_tile(tile).reshape(-1, self.n_pixels)
         flat = tile.flat_indices(self.source.nx)
         keep = self._train[flat]
-        raw, flat = raw[keep], flat[keep]
-        bits = _band_bits(raw, self.source.pattern_shape, self.top_fraction)
-        return {"points": flat, "patterns": raw, "bits": bits, "drawn": 0.0}
+        if not keep.all():
+            raw, flat = raw[keep], flat[keep]
+        bits = _band_bits(
+            raw, self.source.pattern_shape, self.top_fraction, self.device
+        )
+        return {"points": flat, "patterns": raw, "bits": bits}
 
-    def _prefetch(self) -> None:
-        self._pending = self._pool.submit(self._load, self._next_tile())
+    def _put(self, k: int, i: int, chunk: dict, early: float = 1.0) -> None:
+        """Copy tile ``i``'s chunk into slot ``k``; it leaves once the tile's
+        draws reach its points times its visits (less ``1 - early`` of its
+        points on a staggered first visit)."""
+        n = len(chunk["points"])
+        rows = slice(k * self.capacity, k * self.capacity + n)
+        self.points[rows] = chunk["points"]
+        self.patterns[rows] = chunk["patterns"]
+        self.band_bits[rows] = chunk["bits"]
+        self._count[k] = n
+        self._slot_tile[k] = i
+        self._owed[i] += n
+        self._leave_at[k] = self._owed[i] - (1.0 - early) * n
+        self.chunks_loaded += 1
 
-    def _rebuild(self) -> None:
-        # Sampling works on flat arrays; rebuilt only when a chunk is swapped.
-        self.points = np.concatenate([s["points"] for s in self._slots])
-        self.patterns = np.concatenate([s["patterns"] for s in self._slots])
-        self.band_bits = np.concatenate([s["bits"] for s in self._slots])
-        self._slot_of_row = np.repeat(
-            np.arange(len(self._slots)), [len(s["points"]) for s in self._slots]
+    def _update_rows(self) -> None:
+        self._row_ids = np.concatenate(
+            [
+                np.arange(k * self.capacity, k * self.capacity + c)
+                for k, c in enumerate(self._count)
+            ]
         )
 
+    def _prefetch(self) -> None:
+        self._pending_tile = self._next_tile()
+        self._pending = self._pool.submit(self._load, self._pending_tile)
+
     def _consumed(self, rows: np.ndarray, weight: float) -> None:
-        counts = np.bincount(self._slot_of_row[rows], minlength=len(self._slots))
-        for slot, count in zip(self._slots, counts, strict=True):
-            slot["drawn"] += weight * count
-        done = [i for i, s in enumerate(self._slots) if s["drawn"] >= len(s["points"])]
-        if not done:
+        counts = np.bincount(rows // self.capacity, minlength=self.n_slots)
+        self._drawn[self._slot_tile] += weight * counts  # tiles are distinct
+        done = np.flatnonzero(self._drawn[self._slot_tile] >= self._leave_at)
+        if not len(done):
             return
-        for i in done:
-            self._slots[i] = self._pending.result()
+        for k in done:
+            waited = time.perf_counter()
+            chunk = self._pending.result()
+            self.stall_seconds += time.perf_counter() - waited
+            i, self._pending_tile = self._pending_tile, None
+            self._put(int(k), i, chunk)
             self._prefetch()
-        self._rebuild()
+        self._update_rows()
 
     def close(self) -> None:
         if self._pending is not None:
@@ -345,11 +445,16 @@ def make_buffer(
     top_fraction: float,
     memory_budget: int,
     rng: np.random.Generator,
+    device: torch.device | None = None,
 ) -> _Sampling:
     """An in-memory buffer if the training patterns fit the budget (or are
-    already in memory), else a :class:`ShuffleBuffer`."""
+    already in memory), else a :class:`ShuffleBuffer`. Band masks are
+    computed on ``device`` when given."""
     row_bytes = source.n_pixels * source.itemsize + -(-source.n_pixels // 8)
     fits = len(train_points) * row_bytes <= memory_budget
-    if not source.is_lazy or fits or len(source.tiles) < 2:
-        return InMemoryBuffer(source, train_points, top_fraction)
-    return ShuffleBuffer(source, train_points, top_fraction, memory_budget, rng)
+    train = np.zeros(source.ny * source.nx, bool)
+    train[train_points] = True
+    n_used = sum(train[t.flat_indices(source.nx)].any() for t in source.tiles)
+    if not source.is_lazy or fits or n_used < 2:
+        return InMemoryBuffer(source, train_points, top_fraction, device)
+    return ShuffleBuffer(source, train_points, top_fraction, memory_budget, rng, device)

@@ -11,15 +11,19 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from kikuchipy_neural.fields import FIELDS, FactorizedField, build_field
+from kikuchipy_neural.fields import FIELDS, FactorizedField, JointField, build_field
+from kikuchipy_neural.fields.joint import curriculum_scale
 from kikuchipy_neural.geometry import ScanGeometry
 from kikuchipy_neural.model import NeuralEBSDModel
+from kikuchipy_neural.training.accelerate import matmul_precision
 from kikuchipy_neural.training.data import PatternSource, make_buffer
+from kikuchipy_neural.training.distributed import setup as setup_distributed
 from kikuchipy_neural.training.loop import CHECKPOINT_FORMAT, StageSpec, Trainer
 from kikuchipy_neural.training.options import FitOptions
 from kikuchipy_neural.training.preprocessing import Preprocessed, Spectrum, preprocess
@@ -129,8 +133,15 @@ def _prep_from_tensors(d: dict[str, Any]) -> Preprocessed:
 
 
 def _build_stages(
-    field, prep: Preprocessed, buffer, opts: FitOptions
+    field,
+    prep: Preprocessed,
+    buffer,
+    opts: FitOptions,
+    device: torch.device | None = None,
+    shard: np.ndarray | None = None,
 ) -> list[StageSpec]:
+    # device: where pattern batches are normalised (CUDA: on the GPU);
+    # shard: the training points of a distributed rank (None: all).
     share = band_share(
         opts.band_weight, opts.band_top_fraction, opts.band_fraction_range
     )
@@ -146,6 +157,7 @@ def _build_stages(
             opts.pixels_per_position,
             opts.band_weight,
             share,
+            device=device,
         )
     stages = []
     if (
@@ -156,13 +168,20 @@ def _build_stages(
         stages.append(
             StageSpec(
                 name="warm_start",
-                sampler=ScoreSampler(prep, opts.positions_per_batch),
+                sampler=ScoreSampler(prep, opts.positions_per_batch, shard),
                 parameters=list(field.siren.parameters()),
                 patience=opts.warm_start_patience,
                 min_delta=0.0,
                 use_plateau=False,
             )
         )
+    joint = isinstance(field, JointField)
+
+    def set_curriculum(step: int) -> None:
+        field.set_curriculum(
+            curriculum_scale(step, opts.curriculum_start, opts.curriculum_steps)
+        )
+
     stages.append(
         StageSpec(
             name="fit",
@@ -170,10 +189,37 @@ def _build_stages(
             parameters=list(field.parameters()),
             patience=opts.patience,
             min_delta=opts.min_delta,
-            use_plateau=True,
+            # The joint baseline halves its learning rate on a fixed schedule.
+            use_plateau=not joint,
+            lr_halving_steps=opts.lr_halving_steps if joint else None,
+            grad_clip=opts.grad_clip,
+            on_step=set_curriculum if joint else None,
+            # After a warm start, ramp the learning rate up from 0.
+            lr_ramp_steps=opts.lr_ramp_steps if stages else 0,
         )
     )
     return stages
+
+
+def _warn_if_omega_too_high(geometry: ScanGeometry, omega_0: float) -> None:
+    """Warn when the first SIREN layer cannot interpolate between scan points.
+
+    Sitzmann's first layer has frequencies up to ``omega_0 / 2`` per network
+    unit, so neighbouring points are ``omega_0 / 2 * step`` radians apart.
+    The paper's 30 gives about 0.5 rad on a 64-point scan; above 1 rad the
+    network sees neighbours as nearly unrelated and fits without
+    interpolating (small scans, e.g. fewer than ~30 points across).
+    """
+    step = geometry.step * geometry.normalized_per_unit
+    phase = omega_0 / 2 * step
+    if phase > 1.0:
+        warnings.warn(
+            f"first_omega_0={omega_0:g} puts neighbouring scan points {phase:.1f} rad "
+            "apart in the first SIREN layer: on a scan this small the field will "
+            f"not interpolate well; consider first_omega_0={1 / step:.0f} "
+            "(0.5 rad per step).",
+            stacklevel=3,
+        )
 
 
 def _new_field(formulation: str, prep: Preprocessed, geometry: ScanGeometry, opts):
@@ -193,6 +239,16 @@ def _new_field(formulation: str, prep: Preprocessed, geometry: ScanGeometry, opt
             torch.from_numpy(prep.mean), torch.from_numpy(prep.components), std
         )
         return field
+    if formulation == "joint":
+        return JointField(
+            geometry.pattern_shape,
+            width=opts.siren_width,
+            layers=opts.siren_layers,
+            first_omega_0=opts.first_omega_0,
+            hidden_omega_0=opts.hidden_omega_0,
+            fourier_features=opts.fourier_features,
+            fourier_sigma=opts.fourier_sigma,
+        )
     raise ValueError(
         f"Unknown formulation {formulation!r}; expected one of {sorted(FIELDS)}"
     )
@@ -211,9 +267,18 @@ def fit(
     show_progressbar: bool | None = None,
     resume: str | os.PathLike | None = None,
     nonfinite: str = "raise",
+    positions=None,
+    distributed: bool | None = None,
     **options: Any,
 ) -> NeuralEBSDModel:
-    """Fit a neural field to an EBSD signal; see ``NeuralEBSD.fit_neural``."""
+    """Fit a neural field to an EBSD signal; see ``NeuralEBSD.fit_neural``.
+
+    ``positions`` (``(n, 2)`` calibrated x, y) places the patterns of a
+    signal with one navigation axis at explicit, e.g. hexagonal, positions.
+    ``distributed`` (None: when launched by ``torchrun`` with several
+    processes; True; False) trains data-parallel over the processes, see
+    :mod:`kikuchipy_neural.training.distributed`.
+    """
     started = time.perf_counter()
     if formulation not in FIELDS:
         raise ValueError(
@@ -222,6 +287,11 @@ def fit(
     if nonfinite not in ("raise", "mask"):
         raise ValueError(f"nonfinite must be 'raise' or 'mask', got {nonfinite!r}")
     _check_rank(rank, variance)
+    if formulation == "joint" and (rank != "auto" or variance is not None):
+        raise ValueError(
+            "rank and variance do not apply to the 'joint' formulation (it has no "
+            "bases); leave them at their defaults"
+        )
     if max_steps is not None and (
         not isinstance(max_steps, int | np.integer) or max_steps < 0
     ):
@@ -231,8 +301,11 @@ def fit(
             f"time_budget must be a positive number of seconds, got {time_budget}"
         )
     geometry = ScanGeometry.from_signal(signal)
+    if positions is not None:
+        geometry = geometry.with_positions(positions)
     train_mask = _train_mask(mask, geometry)
-    device = resolve_device(device)
+    ctx = setup_distributed(distributed, device)  # None: one process
+    device = resolve_device(device) if ctx is None else ctx.device
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
@@ -250,35 +323,61 @@ def fit(
                 f"{resume} holds a {checkpoint_state['formulation']!r} fit, not "
                 f"{formulation!r}"
             )
-        opts = FitOptions.from_kwargs(**{**checkpoint_state["options"], **options})
+        opts = FitOptions.resumed(checkpoint_state["options"], formulation, **options)
         if opts.checkpoint is None:
             opts.checkpoint = os.fspath(resume)
     else:
-        opts = FitOptions.from_kwargs(**options)
+        opts = FitOptions.from_kwargs(formulation=formulation, **options)
+        if formulation == "factorized":
+            _warn_if_omega_too_high(geometry, opts.first_omega_0)
 
     source = PatternSource(signal.data)
     if checkpoint_state is not None:
         prep = _prep_from_tensors(checkpoint_state["prep"])
         field = build_field(checkpoint_state["field_config"])
     else:
-        prep = preprocess(
-            source,
-            train_mask,
-            rank=None if rank == "auto" else rank,
-            variance=variance,
-            need_pca=formulation == "factorized",
-            validation_fraction=opts.validation_fraction,
-            max_validation_points=opts.max_validation_points,
-            pca_samples=opts.pca_samples,
-            memory_budget=opts.memory_budget,
-            nonfinite=nonfinite,
-            rng=rng,
-        )
+
+        def run_preprocess() -> Preprocessed:
+            return preprocess(
+                source,
+                train_mask,
+                rank=None if rank == "auto" else rank,
+                variance=variance,
+                need_pca=formulation == "factorized",
+                validation_fraction=opts.validation_fraction,
+                max_validation_points=opts.max_validation_points,
+                pca_samples=opts.pca_samples,
+                memory_budget=opts.memory_budget,
+                nonfinite=nonfinite,
+                rng=rng,
+            )
+
+        if ctx is None:
+            prep = run_preprocess()
+        else:
+            # Rank 0 preprocesses (one pass over the data), the others
+            # receive the result, or the error to raise.
+            try:
+                prep = run_preprocess() if ctx.is_main else None
+            except Exception as error:
+                prep = error
+            prep = ctx.broadcast_object(prep)
         field = _new_field(formulation, prep, geometry, opts)
     field.to(device)
 
+    train_points, stage_opts, shard = prep.train_points, opts, None
+    if ctx is not None:
+        ctx.broadcast_parameters(field)
+        train_points, stage_opts = ctx.shard(source, prep.train_points, opts, seed)
+        shard = train_points
+        rng = np.random.default_rng([seed, ctx.rank])
     buffer = make_buffer(
-        source, prep.train_points, opts.band_top_fraction, opts.memory_budget, rng
+        source,
+        train_points,
+        opts.band_top_fraction,
+        opts.memory_budget,
+        rng,
+        device=device if device.type == "cuda" else None,
     )
     xy_all = torch.from_numpy(
         geometry.normalize(geometry.index_to_xy(np.arange(geometry.n_points)))
@@ -287,7 +386,7 @@ def fit(
         field,
         prep,
         xy_all,
-        _build_stages(field, prep, buffer, opts),
+        _build_stages(field, prep, buffer, stage_opts, device, shard),
         opts,
         device,
         rng,
@@ -298,26 +397,35 @@ def fit(
             "field_config": field.config,
             "prep": _prep_to_tensors(prep),
         },
+        sync=ctx,
     )
     if checkpoint_state is not None:
         trainer.load_state_dict(checkpoint_state["trainer"])
+        if ctx is not None:
+            ctx.reseed(trainer.rng, seed, trainer.progress.step)
 
     total = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=total,
+        # Early stopping usually ends a fit long before the paper's 200 000
+        # steps: a bar over them would show a meaningless ETA.
+        total=None if max_steps is None else total,
         initial=trainer.progress.step,
         desc="fit_neural",
         unit="step",
-        disable=not _show_progressbar(show_progressbar),
+        disable=not _show_progressbar(show_progressbar)
+        or (ctx is not None and not ctx.is_main),
         dynamic_ncols=True,
     )
     try:
-        reason = trainer.run(total, time_budget, started, opts.checkpoint, bar)
+        with matmul_precision(opts.precision, device):
+            reason = trainer.run(total, time_budget, started, opts.checkpoint, bar)
     finally:
         bar.close()
         buffer.close()
+        if ctx is not None:
+            ctx.close()
 
     detector = copy.deepcopy(getattr(signal, "detector", None))
     xmap = getattr(signal, "xmap", None)
@@ -336,8 +444,10 @@ def fit(
             "n_train_points": int(len(prep.train_points)),
             "n_val_points": int(len(prep.val_points)),
             "data_dtype": str(signal.data.dtype),
+            "world_size": 1 if ctx is None else ctx.world_size,
         },
         phases=None if xmap is None else xmap.phases,
+        validation_points=prep.val_points,
     )
 
 

@@ -7,7 +7,10 @@ stopping, and shares one validation set and one history:
   regressed on the whitened PCA scores, which reaches PCA-level patterns in
   seconds because no pattern is read and the bases are already right;
 - ``fit``: the paper's objective (band-weighted MSE on patterns plus the basis
-  penalty) on every parameter, with ReduceLROnPlateau after the warm-up steps.
+  penalty) on every parameter, with ReduceLROnPlateau after the warm-up steps
+  (factorized), or with the learning rate halved every ``lr_halving_steps``,
+  gradient-norm clipping and a per-step hook that sets the detector-coordinate
+  curriculum (joint).
 
 Every stage keeps the parameters of its lowest validation loss and ends with
 them, so a stage can only improve the held-out error.
@@ -20,12 +23,14 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from kikuchipy_neural.fields.base import NeuralField
+from kikuchipy_neural.training import accelerate
 from kikuchipy_neural.training.losses import band_mask, weighted_mse
 from kikuchipy_neural.training.options import FitOptions
 from kikuchipy_neural.training.preprocessing import Preprocessed
@@ -40,7 +45,14 @@ CHECKPOINT_FORMAT = "kikuchipy-neural-checkpoint/1"
 
 @dataclass
 class StageSpec:
-    """One stage: what it trains, how batches are drawn, when it stops."""
+    """One stage: what it trains, how batches are drawn, when it stops.
+
+    ``lr_halving_steps`` (halve the learning rate every that many steps of
+    the stage) replaces the plateau schedule when set; ``grad_clip`` caps the
+    gradient norm of the stage's parameters; ``on_step(step)`` is called
+    with the stage's step count before each step and before the stage's first
+    evaluation (e.g. to set a curriculum).
+    """
 
     name: str
     sampler: object  # callable rng -> Batch
@@ -48,6 +60,10 @@ class StageSpec:
     patience: int
     min_delta: float
     use_plateau: bool
+    lr_ramp_steps: int = 0  # linear learning-rate warm-up from 0
+    lr_halving_steps: int | None = None
+    grad_clip: float | None = None
+    on_step: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -87,6 +103,12 @@ class Trainer:
         Torch device of the field.
     rng
         Generator for sampling.
+    checkpoint_extra
+        Everything else a checkpoint must hold to rebuild the fit.
+    sync
+        A :class:`~kikuchipy_neural.training.distributed.DistributedContext`
+        for data-parallel training (gradients reduced over ranks, evaluation
+        on rank 0 broadcast, checkpoints by rank 0), or None.
     """
 
     def __init__(
@@ -99,8 +121,11 @@ class Trainer:
         device: torch.device,
         rng: np.random.Generator,
         checkpoint_extra: dict | None = None,
+        sync=None,
     ) -> None:
         self.field, self.prep, self.opts = field, prep, options
+        self.sync = sync
+        self.precision = getattr(options, "precision", "float32")
         # Everything else a checkpoint must hold to rebuild the fit.
         self.checkpoint_extra = checkpoint_extra or {}
         self.device, self.rng = device, rng
@@ -112,13 +137,15 @@ class Trainer:
             torch.optim.Adam(s.parameters, lr=options.lr) for s in stages
         ]
         self.schedulers = [
-            torch.optim.lr_scheduler.ReduceLROnPlateau(
+            torch.optim.lr_scheduler.StepLR(opt, s.lr_halving_steps, gamma=0.5)
+            if s.lr_halving_steps
+            else torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt,
                 factor=options.plateau_factor,
                 patience=options.plateau_patience,
                 min_lr=options.min_lr,
             )
-            for opt in self.optimizers
+            for s, opt in zip(stages, self.optimizers, strict=True)
         ]
         self._running_loss: list[float] = []
         self._elapsed_before = 0.0  # seconds of earlier sessions (resume)
@@ -139,13 +166,18 @@ class Trainer:
                 self.device
             )
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Validation loss (band-weighted MSE, normalised) and MAE (counts).
 
         Without validation points, the running training loss stands in and
-        the MAE is NaN.
+        the MAE is NaN. Distributed: rank 0's result on every rank.
         """
+        if self.sync is not None:
+            return self.sync.from_main(self._evaluate, 2)
+        return self._evaluate()
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[float, float]:
         if self.val_xy is None:
             loss = (
                 float(np.mean(self._running_loss)) if self._running_loss else math.inf
@@ -175,19 +207,42 @@ class Trainer:
         if batch.kind == "coordinates":
             prediction = self.field.values_at(xy, pixels)
         else:
-            prediction = self.field.pattern_values(xy, pixels)
+            prediction = accelerate.pattern_values(
+                self.field, xy, pixels, self.precision
+            )
         loss = weighted_mse(prediction, target, weight)
         if self.opts.basis_l2:
             loss = loss + self.opts.basis_l2 * self.field.penalty()
         return loss
 
-    def _train_step(self, stage: StageSpec, optimizer: torch.optim.Optimizer) -> float:
-        batch = stage.sampler(self.rng)
-        loss = self._loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    def _train_step(
+        self, stage: StageSpec, optimizer: torch.optim.Optimizer, stage_step: int
+    ) -> float:
+        if stage_step < stage.lr_ramp_steps:
+            # A fresh Adam moves every parameter by about lr on its first
+            # steps; ramping lr protects parameters an earlier stage tuned.
+            for group in optimizer.param_groups:
+                group["lr"] = self.opts.lr * (stage_step + 1) / stage.lr_ramp_steps
+        while True:
+            batch = stage.sampler(self.rng)
+            try:
+                loss = self._loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                break
+            except accelerate.OUT_OF_MEMORY:
+                del batch
+                optimizer.zero_grad(set_to_none=True)
+                if not accelerate.out_of_memory_backoff(stage.name, stage.sampler):
+                    raise
+        if self.sync is not None:
+            value = self.sync.reduce_gradients(stage.parameters, loss)
+        else:
+            value = float(loss.detach())
+        if stage.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(stage.parameters, stage.grad_clip)
         optimizer.step()
-        return float(loss.detach())
+        return value
 
     # ------------------------------------------------------------------- run
 
@@ -217,9 +272,13 @@ class Trainer:
                 while not state.done:
                     if p.step >= max_steps:
                         return self._finish("max_steps")
-                    if time_budget is not None and self.elapsed >= time_budget:
+                    if time_budget is not None and self._out_of_time(time_budget):
                         return self._finish("time_budget")
-                    self._running_loss.append(self._train_step(stage, opt))
+                    if stage.on_step is not None:
+                        stage.on_step(state.step)
+                    self._running_loss.append(self._train_step(stage, opt, state.step))
+                    if stage.lr_halving_steps:
+                        sched.step()
                     p.step += 1
                     state.step += 1
                     if progressbar is not None:
@@ -243,10 +302,17 @@ class Trainer:
     def elapsed(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._started
 
+    def _out_of_time(self, time_budget: float) -> bool:
+        over = self.elapsed >= time_budget
+        # Ranks must agree, or one would wait forever for the others' step.
+        return over if self.sync is None else self.sync.any(over)
+
     def _start_stage(self, i: int) -> None:
         # The parameters a stage starts from are its first candidate, so a
         # stage never ends worse on the validation set than it began.
         state = self.stage_states[i]
+        if self.stages[i].on_step is not None:
+            self.stages[i].on_step(state.step)
         self.field.eval()
         val_loss, _ = self._record(self.stages[i], self.optimizers[i], math.nan)
         self.field.train()
@@ -271,10 +337,12 @@ class Trainer:
         if stage.use_plateau and state.step >= self.opts.warmup_steps:
             scheduler.step(val_loss)
         if progressbar is not None:
+            # Early stopping decides the end: show how close it is.
             progressbar.set_postfix(
                 stage=stage.name,
                 loss=f"{self.progress.history['loss'][-1]:.3g}",
                 val_mae=f"{val_mae:.4g}",
+                no_gain=f"{state.bad_evals}/{stage.patience}",
                 refresh=False,
             )
 
@@ -311,7 +379,9 @@ class Trainer:
         p = self.progress
         if p.stage_index < len(self.stages):
             i = p.stage_index
-            if self.stage_states[i].step % self.opts.eval_every:
+            # After an interrupt other ranks may be gone: no collective then.
+            alone = self.sync is None or reason != "interrupted"
+            if self.stage_states[i].step % self.opts.eval_every and alone:
                 # Evaluate the last steps too, so nothing trained is unseen.
                 self._evaluate_stage(i, self.schedulers[i], None)
             if checkpoint:
@@ -352,7 +422,10 @@ class Trainer:
         self._elapsed_before = float(state["elapsed"])
 
     def save_checkpoint(self, path: str) -> None:
-        """Write atomically: a crash while writing keeps the previous file."""
+        """Write atomically: a crash while writing keeps the previous file.
+        Distributed: rank 0 writes, the others return."""
+        if self.sync is not None and not self.sync.is_main:
+            return
         payload = {
             "format": CHECKPOINT_FORMAT,
             "trainer": self.state_dict(),

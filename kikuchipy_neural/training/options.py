@@ -3,6 +3,11 @@
 The defaults of the factorized method are the paper's (Huang & Latypov 2026);
 options marked "ours" belong to the faster default sampler. ``fit_neural``
 passes its ``**options`` here, so a misspelt option fails before any work.
+
+Some defaults depend on the formulation: :data:`FORMULATION_DEFAULTS` holds
+the joint (4D-INR) baseline's own values, applied to every option the user
+did not give, and :data:`FORMULATION_ONLY` the options that mean something
+for one formulation only (giving one to the other formulation raises).
 """
 
 from __future__ import annotations
@@ -12,9 +17,54 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FitOptions", "SAMPLERS"]
+__all__ = ["FORMULATION_DEFAULTS", "FORMULATION_ONLY", "FitOptions", "SAMPLERS"]
 
 SAMPLERS = ("positions", "coordinates")
+# Numerical precision of training (see kikuchipy_neural.training.accelerate).
+PRECISIONS = ("float32", "tf32", "bf16")
+
+# Values that differ from the dataclass defaults (the factorized method's) for
+# a formulation; applied to the options the user did not give.
+FORMULATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "factorized": {},
+    # The paper's 4D-INR baseline.
+    "joint": dict(
+        siren_width=256,
+        sampler="coordinates",
+        batch_size=32768,
+        eval_every=1000,
+        min_delta=2e-5,
+        grad_clip=1.0,
+    ),
+}
+
+# Extra defaults of the joint field with the positions sampler: as many
+# (position, pixel) pairs per batch as the paper's 32768 coordinates, since
+# whole patterns of 1024 positions would be millions of network evaluations.
+_JOINT_POSITIONS_DEFAULTS: dict[str, Any] = dict(
+    positions_per_batch=32, pixels_per_position=1024
+)
+
+# Options that apply to one formulation only.
+FORMULATION_ONLY: dict[str, tuple[str, ...]] = {
+    "factorized": (
+        "basis_l2",
+        "warmup_steps",
+        "plateau_factor",
+        "plateau_patience",
+        "min_lr",
+        "warm_start",
+        "warm_start_patience",
+        "lr_ramp_steps",
+    ),
+    "joint": (
+        "fourier_features",
+        "fourier_sigma",
+        "curriculum_steps",
+        "curriculum_start",
+        "lr_halving_steps",
+    ),
+}
 
 
 @dataclass
@@ -46,13 +96,34 @@ class FitOptions:
         ``warm_start=True`` first regresses the SIREN on the whitened PCA
         scores (no pattern reads), early-stopped on the validation MAE after
         ``warm_start_patience=10`` evaluations without improvement, before the
-        joint fit of SIREN and bases on patterns.
+        joint fit of SIREN and bases on patterns, whose learning rate then
+        rises linearly from 0 to ``lr`` over ``lr_ramp_steps=200`` steps (a
+        fresh Adam would otherwise jolt the warm-started parameters).
+    Joint formulation (4D-INR, the paper's baseline)
+        One SIREN of ``(x, y, u, v)`` with ``fourier_features=256`` random
+        Fourier features of ``(u, v)`` (frequencies from
+        ``N(0, fourier_sigma**2)``, ``fourier_sigma=3.0``); ``(u, v)`` scaled
+        by a factor rising linearly from ``curriculum_start=0.25`` to 1 over
+        ``curriculum_steps=20_000`` steps; the learning rate halved every
+        ``lr_halving_steps=40_000`` steps (instead of the plateau schedule);
+        gradient norm clipped to ``grad_clip`` (joint default 1.0; None, the
+        factorized default, does not clip). Joint defaults of the shared
+        options (see :data:`FORMULATION_DEFAULTS`): ``siren_width=256``,
+        ``sampler="coordinates"``, ``batch_size=32768``,
+        ``eval_every=1000``, ``min_delta=2e-5``; with ``sampler="positions"``
+        ``positions_per_batch=32`` x ``pixels_per_position=1024``.
     Validation and bookkeeping
         ``validation_fraction=0.05`` of the training points (at most
         ``max_validation_points=2048``) are held out and never trained on;
         evaluated every ``eval_every=25`` steps; ``pca_samples=200_000``
         patterns at most for PCA; ``checkpoint`` path written at every
-        evaluation; ``memory_budget`` bytes for pattern buffers of lazy data.
+        evaluation; ``memory_budget`` bytes for pattern buffers of lazy data
+        (and for the PCA subsample), per process.
+    Hardware
+        ``precision="float32"``; ``"tf32"`` (TF32 matmuls on CUDA) or
+        ``"bf16"`` (bfloat16 basis product, sine layers in float32) trade
+        accuracy for speed on GPUs, see
+        :mod:`kikuchipy_neural.training.accelerate`.
     """
 
     # network
@@ -81,6 +152,14 @@ class FitOptions:
     # warm start
     warm_start: bool = True
     warm_start_patience: int = 10
+    lr_ramp_steps: int = 200
+    # joint formulation
+    fourier_features: int = 256
+    fourier_sigma: float = 3.0
+    curriculum_steps: int = 20_000
+    curriculum_start: float = 0.25
+    lr_halving_steps: int | None = 40_000
+    grad_clip: float | None = None
     # validation and bookkeeping
     validation_fraction: float = 0.05
     max_validation_points: int = 2048
@@ -88,10 +167,50 @@ class FitOptions:
     pca_samples: int = 200_000
     checkpoint: str | None = None
     memory_budget: int = 2 * 1024**3
+    # hardware
+    precision: str = "float32"
 
     @classmethod
-    def from_kwargs(cls, **options: Any) -> FitOptions:
-        """Build options, rejecting unknown names with a suggestion."""
+    def from_kwargs(cls, formulation: str = "factorized", **options: Any) -> FitOptions:
+        """Build the options of a ``formulation`` fit from the user's.
+
+        Unknown names are rejected with a suggestion, options of the other
+        formulation with the formulation's name; options not given take the
+        formulation's defaults.
+        """
+        cls._check_names(formulation, options)
+        return cls._build({**cls.formulation_defaults(formulation, options), **options})
+
+    @classmethod
+    def resumed(
+        cls, saved: dict[str, Any], formulation: str, **options: Any
+    ) -> FitOptions:
+        """Options of a resumed fit: the checkpoint's ``saved`` options,
+        overridden by the user's (checked as in :meth:`from_kwargs`)."""
+        cls._check_names(formulation, options)
+        names = {f.name for f in dataclasses.fields(cls)}
+        saved = {k: v for k, v in saved.items() if k in names}
+        return cls._build({**saved, **options})
+
+    @staticmethod
+    def formulation_defaults(
+        formulation: str, given: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The defaults of ``formulation`` that differ from the dataclass's,
+        given the options the user set (some depend on the sampler)."""
+        if formulation not in FORMULATION_DEFAULTS:
+            raise ValueError(
+                f"Unknown formulation {formulation!r}; expected one of "
+                f"{sorted(FORMULATION_DEFAULTS)}"
+            )
+        defaults = dict(FORMULATION_DEFAULTS[formulation])
+        sampler = (given or {}).get("sampler", defaults.get("sampler"))
+        if formulation == "joint" and sampler == "positions":
+            defaults.update(_JOINT_POSITIONS_DEFAULTS)
+        return defaults
+
+    @classmethod
+    def _check_names(cls, formulation: str, options: dict[str, Any]) -> None:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
@@ -105,12 +224,32 @@ class FitOptions:
                 f"Unknown fit option(s): {', '.join(hints)}. Valid options: "
                 f"{', '.join(sorted(names))}."
             )
-        opts = cls(**options)
+        cls.formulation_defaults(formulation)  # rejects unknown formulations
+        foreign = sorted(
+            name
+            for other, only in FORMULATION_ONLY.items()
+            if other != formulation
+            for name in only
+            if name in options
+        )
+        if foreign:
+            raise TypeError(
+                f"Option(s) {', '.join(map(repr, foreign))} do not apply to the "
+                f"{formulation!r} formulation."
+            )
+
+    @classmethod
+    def _build(cls, values: dict[str, Any]) -> FitOptions:
+        opts = cls(**values)
         opts.validate()
         return opts
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that cannot work."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         positive_ints = (
@@ -131,8 +270,33 @@ class FitOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.lr_ramp_steps, int) or self.lr_ramp_steps < 0:
+            raise ValueError(
+                f"lr_ramp_steps must be an integer >= 0, got {self.lr_ramp_steps!r}"
+            )
         if self.pixels_per_position is not None and self.pixels_per_position < 1:
             raise ValueError("pixels_per_position must be None or a positive integer")
+        for name in ("fourier_features", "curriculum_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.lr_halving_steps is not None and (
+            not isinstance(self.lr_halving_steps, int) or self.lr_halving_steps < 1
+        ):
+            raise ValueError(
+                "lr_halving_steps must be None (constant) or a positive integer, "
+                f"got {self.lr_halving_steps!r}"
+            )
+        if not self.fourier_sigma > 0:
+            raise ValueError(f"fourier_sigma must be > 0, got {self.fourier_sigma!r}")
+        if not 0 < self.curriculum_start <= 1:
+            raise ValueError(
+                f"curriculum_start must be in (0, 1], got {self.curriculum_start!r}"
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(
+                f"grad_clip must be None (no clipping) or > 0, got {self.grad_clip!r}"
+            )
         for name in ("lr", "first_omega_0", "hidden_omega_0", "band_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

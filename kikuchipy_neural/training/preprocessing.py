@@ -31,6 +31,7 @@ __all__ = ["Preprocessed", "Spectrum", "preprocess"]
 
 # Components computed at first when the rank is not given; doubled as needed.
 _FIRST_COMPONENTS = 32
+_MIN_VALIDATION_POINTS = 16
 
 
 @dataclass
@@ -241,18 +242,29 @@ def preprocess(
     if not usable.any():
         raise ValueError("The mask selects no scan points to train on")
 
-    # --- subsample for the scale, the checks and PCA (bounded by memory)
-    max_points = int(min(pca_samples, max(2, memory_budget // (8 * n_pixels))))
+    # --- subsample for the scale, the checks and PCA (bounded by memory:
+    # per value, the raw tiles, the float32 sample and one float32 temporary)
+    value_bytes = source.itemsize + 8
+    max_points = int(
+        min(pca_samples, max(2, memory_budget // (value_bytes * n_pixels)))
+    )
     tiles = _sample_tiles(source, usable, max_points, rng)
-    rows = []
     for k, (tile, raw, tile_use) in enumerate(tiles):
         flat = raw.reshape(-1, n_pixels)
-        finite = _check_finite(flat, nonfinite)
+        # Only points that may be trained on are checked: masked-out points
+        # (e.g. NaN patterns of damaged areas) are never looked at.
+        finite = np.ones(len(flat), bool)
+        finite[tile_use.ravel()] = _check_finite(flat[tile_use.ravel()], nonfinite)
         ok = tile_use.ravel() & finite
         usable[tile.flat_indices(source.nx)[~finite]] = False
         tiles[k] = (tile, raw, ok.reshape(tile_use.shape))
-        rows.append(flat[ok])
-    sample = np.concatenate(rows).astype(np.float32)
+    # Filled tile by tile: no second copy of the sample.
+    sample = np.empty((sum(int(ok.sum()) for _, _, ok in tiles), n_pixels), np.float32)
+    filled = 0
+    for _, raw, ok in tiles:
+        rows = raw.reshape(-1, n_pixels)[ok.ravel()]
+        sample[filled : filled + len(rows)] = rows
+        filled += len(rows)
     if len(sample) == 0:
         raise ValueError("No finite patterns among the training points")
     lo, hi = float(sample.min()), float(sample.max())
@@ -263,14 +275,21 @@ def preprocess(
         )
 
     def normalize(a: np.ndarray) -> np.ndarray:
-        return (np.asarray(a, np.float32) - lo) / (hi - lo)
+        # (a - lo) / (hi - lo) as a float32 copy, without more temporaries.
+        out = np.array(a, np.float32)
+        np.subtract(out, lo, out=out)
+        np.divide(out, hi - lo, out=out)
+        return out
 
     # --- rank and PCA
     n_usable = int(usable.sum())
     mean = components = spectrum = None
     n_components = 0
     if need_pca:
-        x = torch.from_numpy(normalize(sample))
+        # normalize(sample) in place (the same float32 operations).
+        np.subtract(sample, lo, out=sample)
+        np.divide(sample, hi - lo, out=sample)
+        x = torch.from_numpy(sample)
         mean_t = x.mean(dim=0)
         x -= mean_t
         total_variance = float((x**2).sum() / max(1, len(x) - 1))
@@ -304,13 +323,16 @@ def preprocess(
         n_components = rank - 1
         mean, components = mean_t.numpy(), comps[:n_components]
         del x
+    del sample, tiles  # the PCA subsample is not needed any more
 
     # --- validation split among usable points
     candidates = np.flatnonzero(usable)
-    n_val = min(
-        max_validation_points, int(round(validation_fraction * len(candidates)))
-    )
-    n_val = min(n_val, len(candidates) - 1)
+    n_val = int(round(validation_fraction * len(candidates)))
+    if validation_fraction > 0:
+        # Early stopping on a handful of points is noise: small scans hold
+        # out at least 16 points (at most a quarter of them).
+        n_val = max(n_val, min(_MIN_VALIDATION_POINTS, len(candidates) // 4))
+    n_val = min(n_val, max_validation_points, len(candidates) - 1)
     val_points = np.sort(rng.choice(candidates, size=n_val, replace=False))
     is_val = np.zeros_like(usable)
     is_val[val_points] = True
@@ -331,7 +353,7 @@ def preprocess(
         is_val[bad] = False
         train_here = usable[flat_idx] & ~is_val[flat_idx]
         if comps_t is not None and train_here.any():
-            x = torch.from_numpy(normalize(flat[train_here])) - mean_t
+            x = torch.from_numpy(normalize(flat[train_here])).sub_(mean_t)
             score_rows.append((flat_idx[train_here], (x @ comps_t).numpy()))
         val_here = is_val[flat_idx]
         if val_here.any():
@@ -350,7 +372,9 @@ def preprocess(
     if val_found:
         order = np.argsort(np.concatenate(val_found))
         val_points = np.concatenate(val_found)[order]
-        val_patterns = np.concatenate(val_rows)[order]
+        val_patterns = np.concatenate(val_rows)
+        del val_rows[:]
+        val_patterns = val_patterns[order]
     else:
         val_points = np.zeros(0, np.int64)
         val_patterns = np.zeros((0, n_pixels), source.data.dtype)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kikuchipy_neural.training.accelerate import to_device
 from kikuchipy_neural.training.data import _Sampling
 from kikuchipy_neural.training.preprocessing import Preprocessed
 
@@ -65,19 +66,37 @@ class PositionSampler:
         n_pixels: int | None,
         band_weight: float,
         share: float,
+        device: torch.device | None = None,
     ) -> None:
         self.buffer, self.prep = buffer, prep
         self.n_positions, self.n_pixels = n_positions, n_pixels
         self.band_weight, self.share = band_weight, share
+        self.device = device
 
     def __call__(self, rng: np.random.Generator) -> Batch:
         points, raw, band = self.buffer.sample(self.n_positions, rng)
+        if self.device is not None and self.device.type == "cuda":
+            return self._on_device(points, raw, band, rng)
         target = self.prep.normalize(raw)
         band_t = torch.from_numpy(band)
         pixels = None
         if self.n_pixels is not None and self.n_pixels < target.shape[1]:
             pixels = self._band_biased_pixels(band, rng)
             target, band_t = target[:, pixels], band_t[:, pixels]
+        weight = 1.0 + (self.band_weight - 1.0) * band_t.float()
+        return Batch("patterns", points, target, weight, pixels)
+
+    def _on_device(self, points, raw, band, rng) -> Batch:
+        # Raw counts and band flags travel to the GPU (pinned, non-blocking)
+        # and are normalised there: half the bytes of float32 targets for
+        # 16-bit data, and no float work on the host.
+        pixels = None
+        if self.n_pixels is not None and self.n_pixels < raw.shape[1]:
+            pixels = self._band_biased_pixels(band, rng)
+            raw, band = raw[:, pixels.numpy()], band[:, pixels.numpy()]
+        lo, hi = self.prep.intensity_range
+        target = (to_device(raw, self.device).float() - lo) / (hi - lo)
+        band_t = to_device(band, self.device)
         weight = 1.0 + (self.band_weight - 1.0) * band_t.float()
         return Batch("patterns", points, target, weight, pixels)
 
@@ -133,13 +152,19 @@ class ScoreSampler:
     the PCA reconstruction up to a constant factor.
     """
 
-    def __init__(self, prep: Preprocessed, n_positions: int) -> None:
+    def __init__(
+        self, prep: Preprocessed, n_positions: int, points: np.ndarray | None = None
+    ) -> None:
         scores = torch.from_numpy(prep.scores.astype(np.float32))
         self.std = scores.std(dim=0).clamp_min(1e-12)
         self.whitened = scores / self.std
         variance = self.std**2
         self.weight = (variance / variance.sum())[None, :] * len(variance)
         self.points = prep.train_points
+        if points is not None:
+            # A subset (a distributed rank's shard), whitened as the whole.
+            rows = np.searchsorted(self.points, points)
+            self.points, self.whitened = self.points[rows], self.whitened[rows]
         self.n_positions = n_positions
 
     def __call__(self, rng: np.random.Generator) -> Batch:

@@ -1,0 +1,334 @@
+"""fit_neural with the factorized field: accuracy, options, masks, seeds,
+resume, bad input. Maps are tiny; thresholds are justified where set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST_FIT
+
+from kikuchipy_neural.analysis.metrics import (
+    aperture_mask,
+    hough_index,
+    map_mae,
+    orientation_deviation,
+    pattern_mae,
+)
+from kikuchipy_neural.training import FitOptions
+from kikuchipy_neural.training.data import PatternSource, ShuffleBuffer
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.field.state_dict().items()}
+
+
+def _equal_states(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------- accuracy
+
+
+def test_fit_beats_mean_pattern_by_far_and_denoises(small_map, small_model):
+    truth = small_map.truth
+    rec = small_model.reconstruct()
+    clean = truth.clean
+    mae = np.abs(rec - clean).mean()
+    mean_pattern_mae = np.abs(clean.mean(axis=(0, 1)) - clean).mean()
+    # A model no better than the measured patterns would sit at the noise
+    # floor (~640 counts here); a quarter of it means the field learnt the
+    # signal and averaged the noise away.
+    assert mae < 0.25 * truth.noise_floor_mae()
+    assert mae < 0.15 * mean_pattern_mae
+    # Against the measured patterns the field cannot beat the noise floor by
+    # much, and must not be much worse than it either.
+    vs_measured = np.abs(rec - small_map.data).mean()
+    assert abs(vs_measured - truth.noise_floor_mae()) < 0.1 * truth.noise_floor_mae()
+
+
+def test_reconstruction_indexes_to_true_orientations(small_map, fitted_map):
+    rec = fitted_map.neural_reconstruct()
+    xmap = hough_index(rec, phase_list=small_map.xmap.phases)
+    angles, _ = orientation_deviation(xmap, small_map.xmap)
+    interior = small_map.truth.interior_mask(margin=1.0)
+    assert interior.sum() > 40
+    # Noise-free patterns index within 1 deg at >= 99 % of interior points
+    # (tests/test_synthetic.py); the reconstruction may lose a little.
+    assert np.mean(angles[interior] < 2.0) >= 0.95
+
+
+def test_reconstruction_keeps_detector_axes_dtype(fitted_map):
+    rec = fitted_map.neural_reconstruct()
+    assert rec.data.dtype == np.float32
+    assert rec.data.shape == fitted_map.data.shape
+    np.testing.assert_allclose(rec.detector.pc, fitted_map.detector.pc)
+    for a, b in zip(rec.axes_manager._axes, fitted_map.axes_manager._axes, strict=True):
+        assert (a.scale, a.offset, a.units, a.size) == (
+            b.scale,
+            b.offset,
+            b.units,
+            b.size,
+        )
+    lazy = fitted_map.neural_reconstruct(lazy=True)
+    assert lazy._lazy
+    np.testing.assert_allclose(lazy.data.compute(), rec.data, rtol=1e-6, atol=1e-2)
+
+
+def test_rank_auto_near_the_best_pca_rank():
+    from kikuchipy_neural.data import synthetic_polycrystal
+
+    s = synthetic_polycrystal((24, 24), (40, 40), n_grains=6, seed=5)
+    s.set_signal_type("NeuralEBSD")
+    # PCA's best rank against the truth, by brute force.
+    x = s.data.reshape(-1, 1600).astype(np.float64)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    clean = s.truth.clean.reshape(-1, 1600)
+    errors = {
+        r: np.abs(mean + (x - mean) @ vt[: r - 1].T @ vt[: r - 1] - clean).mean()
+        for r in range(2, 30)
+    }
+    best = min(errors, key=errors.get)
+    model = s.fit_neural(max_steps=0, **FAST_FIT)
+    assert best / 2 <= model.rank <= 2 * best
+    # The spectrum behind the choice is kept and can be plotted.
+    assert model.spectrum.noise_edge > 0
+    assert (
+        model.spectrum.eigenvalues[: model.rank - 1] > model.spectrum.noise_edge
+    ).all()
+    assert model.plot_spectrum() is not None
+
+
+def test_variance_picks_the_smallest_rank(small_map):
+    model = small_map.deepcopy().fit_neural(variance=0.9, max_steps=0, **FAST_FIT)
+    ratio = model.spectrum.explained_variance_ratio
+    assert ratio[model.rank - 2] >= 0.9
+    assert model.rank == 2 or ratio[model.rank - 3] < 0.9
+
+
+# ------------------------------------------------------------ determinism
+
+
+def test_same_seed_same_model_other_seed_other_model(small_map):
+    options = dict(FAST_FIT, max_steps=30)
+    a = small_map.deepcopy().fit_neural(seed=7, **options)
+    b = small_map.deepcopy().fit_neural(seed=7, **options)
+    c = small_map.deepcopy().fit_neural(seed=8, **options)
+    assert _equal_states(_state(a), _state(b))
+    assert not _equal_states(_state(a), _state(c))
+
+
+# -------------------------------------------------------------------- masks
+
+
+def test_masked_points_are_never_read(small_map):
+    s = small_map.deepcopy()
+    s.change_dtype("float32")
+    mask = np.ones((12, 12), bool)
+    mask[5:7, 5:8] = False
+    s.data[~mask] = np.nan  # any read of these would poison the fit
+    model = s.fit_neural(mask=mask, **FAST_FIT)
+    assert model.info["n_train_points"] + model.info["n_val_points"] == mask.sum()
+    rec = model.reconstruct()
+    assert np.isfinite(rec).all()
+    # The hole is filled by the field: far closer to the truth there than
+    # the mean pattern of the map is.
+    clean = small_map.truth.clean
+    hole = np.abs(rec[~mask] - clean[~mask]).mean()
+    mean_pattern = np.abs(clean.mean(axis=(0, 1)) - clean[~mask]).mean()
+    assert hole < 0.5 * mean_pattern
+
+
+def test_bad_masks_raise(small_map):
+    with pytest.raises(ValueError, match="navigation shape"):
+        small_map.fit_neural(mask=np.ones((5, 5), bool), **FAST_FIT)
+    with pytest.raises(TypeError, match="boolean"):
+        small_map.fit_neural(mask=np.ones((12, 12)), **FAST_FIT)
+    with pytest.raises(ValueError, match="no scan points"):
+        small_map.fit_neural(mask=np.zeros((12, 12), bool), **FAST_FIT)
+
+
+# --------------------------------------------------------- samplers, lazy
+
+
+def test_paper_coordinate_sampler_learns(small_map):
+    s = small_map.deepcopy()
+    model = s.fit_neural(
+        sampler="coordinates", batch_size=4096, max_steps=40, **FAST_FIT
+    )
+    assert [st for st in model.history["stage"]] == ["fit"] * len(
+        model.history["stage"]
+    )
+    mae = model.history["val_mae"]
+    assert mae[-1] < mae[0]
+
+
+def test_band_biased_pixel_subsets(small_map):
+    s = small_map.deepcopy()
+    model = s.fit_neural(pixels_per_position=400, max_steps=40, **FAST_FIT)
+    assert np.isfinite(model.history["val_mae"]).all()
+
+
+def test_lazy_signal_streams_through_a_shuffle_buffer(small_map):
+    s = small_map.deepcopy().as_lazy()
+    s.data = s.data.rechunk((4, 4, -1, -1))
+    # A budget of a few chunks forces the shuffle buffer.
+    budget = 3 * 16 * 1600 * 2
+    model = s.fit_neural(memory_budget=budget, **FAST_FIT)
+    rec = model.reconstruct()
+    assert (
+        np.abs(rec - small_map.truth.clean).mean()
+        < 0.35 * small_map.truth.noise_floor_mae()
+    )
+
+
+def test_shuffle_buffer_visits_points_uniformly():
+    import dask.array as da
+
+    data = da.from_array(
+        np.arange(16 * 16 * 4, dtype=np.uint16).reshape(16, 16, 2, 2),
+        chunks=(4, 4, 2, 2),
+    )
+    source = PatternSource(data)
+    train = np.arange(256)[np.arange(256) % 7 != 0]  # 219 points over 16 chunks
+    rng = np.random.default_rng(0)
+    buffer = ShuffleBuffer(source, train, 0.15, max_bytes=4 * 16 * 12, rng=rng)
+    assert buffer.n_slots < len(buffer.tiles)
+    counts = np.zeros(256)
+    for _ in range(2000):
+        points, raw, _ = buffer.sample(8, rng)
+        counts[points] += 1
+        # Patterns come with their own points.
+        np.testing.assert_array_equal(raw[:, 0] // 4, points)
+    buffer.close()
+    assert counts[np.arange(256) % 7 == 0].sum() == 0
+    visits = counts[train]
+    expected = 2000 * 8 / len(train)
+    # Every point is visited, with the frequency of uniform sampling (each
+    # chunk leaves once its points were drawn once on average).
+    assert visits.min() > 0.5 * expected
+    assert abs(visits.mean() - expected) < 1e-9 * expected + 1
+    assert visits.std() < 0.35 * expected
+
+
+# ----------------------------------------------------------- resume & stop
+
+
+def test_resume_continues_exactly_where_it_stopped(small_map, tmp_path):
+    options = dict(FAST_FIT, eval_every=5, patience=100, warm_start_patience=100)
+    ckpt = tmp_path / "fit.ckpt"
+    full = small_map.deepcopy().fit_neural(seed=3, max_steps=40, **options)
+    first = small_map.deepcopy().fit_neural(
+        seed=3, max_steps=20, checkpoint=str(ckpt), **options
+    )
+    assert first.info["steps"] == 20 and ckpt.exists()
+    resumed = small_map.deepcopy().fit_neural(
+        seed=3, max_steps=40, resume=str(ckpt), **options
+    )
+    assert resumed.info["steps"] == 40
+    assert resumed.history["step"] == full.history["step"]
+    np.testing.assert_allclose(
+        resumed.history["val_mae"], full.history["val_mae"], rtol=1e-5
+    )
+    assert _equal_states(_state(resumed), _state(full))
+
+
+def test_keyboard_interrupt_keeps_the_model_and_checkpoint(
+    small_map, tmp_path, monkeypatch
+):
+    from kikuchipy_neural.training import loop
+
+    calls = {"n": 0}
+    original = loop.Trainer._train_step
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 27:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", interrupted)
+    ckpt = tmp_path / "fit.ckpt"
+    with pytest.warns(UserWarning, match="interrupted"):
+        model = small_map.deepcopy().fit_neural(checkpoint=str(ckpt), **FAST_FIT)
+    assert model.info["stop_reason"] == "interrupted"
+    assert model.info["steps"] == 26
+    state = torch.load(ckpt, weights_only=True)
+    # At most one evaluation interval is lost: here none, it was saved on stop.
+    assert state["trainer"]["step"] == 26
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_before_training(small_map):
+    import kikuchipy as kp
+
+    s = small_map.deepcopy()
+    s.change_dtype("float32")
+    s.data[3, 4, 10, 10] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        s.fit_neural(**FAST_FIT)
+    model = s.fit_neural(nonfinite="mask", max_steps=10, **FAST_FIT)
+    assert model.info["n_train_points"] + model.info["n_val_points"] == 143
+
+    flat = small_map.deepcopy()
+    flat.data[:] = 1000
+    with pytest.raises(ValueError, match="constant"):
+        flat.fit_neural(**FAST_FIT)
+    with pytest.raises(ValueError, match="rank=5000"):
+        small_map.fit_neural(rank=5000, **FAST_FIT)
+    with pytest.raises(TypeError, match="did you mean 'siren_width'"):
+        small_map.fit_neural(siren_widht=3)
+    with pytest.raises(ValueError, match="formulation"):
+        small_map.fit_neural(formulation="quantum")
+    with pytest.raises(ValueError, match="rank"):
+        small_map.fit_neural(rank="many")
+    with pytest.raises(ValueError, match="either rank or variance"):
+        small_map.fit_neural(rank=4, variance=0.9)
+    with pytest.raises(ValueError, match="sampler"):
+        small_map.fit_neural(sampler="magic")
+    single = kp.signals.EBSD(small_map.data[0, 0])
+    single.set_signal_type("NeuralEBSD")
+    with pytest.raises(ValueError, match="no navigation axes"):
+        single.fit_neural()
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="lr"):
+        FitOptions.from_kwargs(lr=-1.0)
+    with pytest.raises(ValueError, match="band_top_fraction"):
+        FitOptions.from_kwargs(band_top_fraction=1.5)
+    assert FitOptions.from_kwargs().siren_width == 512  # the paper's default
+
+
+def test_progressbar_and_history(small_map, capsys):
+    model = small_map.deepcopy().fit_neural(
+        max_steps=12, **dict(FAST_FIT, show_progressbar=True)
+    )
+    assert "fit_neural" in capsys.readouterr().err
+    h = model.history
+    assert set(h) >= {"step", "seconds", "loss", "val_loss", "val_mae"}
+    assert h["step"][0] == 0 and h["step"][-1] == 12
+    assert np.all(np.diff(h["seconds"]) >= 0)
+    assert model.plot_history() is not None
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_metrics_on_known_values(small_map):
+    mask = aperture_mask((40, 40))
+    assert abs(mask.sum() - np.pi * 20**2) < 0.03 * np.pi * 20**2
+    a = np.zeros((2, 3, 40, 40))
+    b = a.copy()
+    b[..., ~mask] = 100.0  # outside the aperture: ignored
+    b[0, 0][mask] = 10.0
+    per = pattern_mae(b, a)
+    assert per[0, 0] == pytest.approx(10.0) and per[1, 2] == 0
+    err = map_mae(b, a, full_scale=1000.0)
+    assert err.counts == pytest.approx(10 / 6)
+    assert err.percent_of_max == pytest.approx(100 * 10 / 6 / 1000)
+    angles, fraction = orientation_deviation(small_map.xmap, small_map.xmap)
+    assert np.allclose(angles, 0, atol=1e-3) and fraction == 0
