@@ -4,6 +4,12 @@
 a dask array whose chunks are decoded on demand (memory bounded for any
 output size). :func:`patterns_to_signal` wraps patterns as a kikuchipy
 ``EBSD``/``LazyEBSD`` with calibrated axes and a detector.
+
+On top of these, the signal methods' work: :func:`query_signal` (patterns at
+any positions, with the detector's pattern centres interpolated to them),
+:func:`upsample_xy` (a finer grid over the scanned area), :func:`path_xy`
+(points along a segment) and :func:`fill` (replace some scan points by the
+model's patterns).
 """
 
 from __future__ import annotations
@@ -14,9 +20,21 @@ import dask
 import dask.array as da
 import numpy as np
 
+from kikuchipy_neural.geometry import ScanGeometry
 from kikuchipy_neural.model import NeuralEBSDModel
 
-__all__ = ["decode", "patterns_to_signal", "want_lazy"]
+__all__ = [
+    "axis_dicts",
+    "carry_detector",
+    "decode",
+    "fill",
+    "interpolate_pc",
+    "path_xy",
+    "patterns_to_signal",
+    "query_signal",
+    "upsample_xy",
+    "want_lazy",
+]
 
 # Outputs larger than this are returned lazily when lazy=None.
 LAZY_THRESHOLD_BYTES = 1024**3
@@ -24,7 +42,9 @@ LAZY_THRESHOLD_BYTES = 1024**3
 _CHUNK_BYTES = 64 * 1024**2
 
 
-def want_lazy(lazy: bool | None, n_points: int, model: NeuralEBSDModel, signal=None) -> bool:
+def want_lazy(
+    lazy: bool | None, n_points: int, model: NeuralEBSDModel, signal=None
+) -> bool:
     """Resolve ``lazy=None``: lazy for lazy input signals or large outputs."""
     if lazy is not None:
         return bool(lazy)
@@ -72,7 +92,11 @@ def decode(
         model_d,
         drop_axis=len(lead),
         new_axis=[len(lead), len(lead) + 1],
-        chunks=(*xy_d.chunks[:-1], (model.pattern_shape[0],), (model.pattern_shape[1],)),
+        chunks=(
+            *xy_d.chunks[:-1],
+            (model.pattern_shape[0],),
+            (model.pattern_shape[1],),
+        ),
         dtype=np.float32,
         meta=np.empty((0,) * (len(lead) + 2), np.float32),
     )
@@ -114,3 +138,344 @@ def axis_dicts(axes) -> list[dict]:
         }
         for a in axes
     ]
+
+
+# ------------------------------------------------------ pattern centres
+
+
+def interpolate_pc(
+    detector, geometry: ScanGeometry, xy: np.ndarray
+) -> np.ndarray | None:
+    """Pattern centres of ``detector`` interpolated to positions ``xy``.
+
+    Parameters
+    ----------
+    detector
+        kikuchipy ``EBSDDetector`` of a scan with ``geometry``.
+    geometry
+        The scan whose points the detector's PCs belong to.
+    xy
+        ``(..., 2)`` calibrated positions.
+
+    Returns
+    -------
+    pc
+        ``(..., 3)`` PCs, linear in the position (bilinear on a grid, on the
+        Delaunay triangulation of scattered points, extended linearly beyond
+        the scan), or None when the detector has a single PC (nothing to
+        interpolate) or PCs that do not match the scan's points.
+    """
+    from scipy.interpolate import LinearNDInterpolator, RegularGridInterpolator
+
+    pc = np.asarray(detector.pc, dtype=np.float64)
+    xy = np.asarray(xy, dtype=np.float64)
+    if pc.reshape(-1, 3).shape[0] == 1 or pc.size != 3 * geometry.n_points:
+        return None
+    flat = xy.reshape(-1, 2)
+    if geometry.scattered:
+        points = geometry.index_to_xy(np.arange(geometry.n_points))
+        values = pc.reshape(-1, 3)
+        out = LinearNDInterpolator(points, values)(flat)
+        outside = np.isnan(out).any(axis=1)
+        if outside.any():
+            # Beyond the convex hull (still inside the bounding rectangle):
+            # the nearest point's PC.
+            from scipy.spatial import cKDTree
+
+            out[outside] = values[cKDTree(points).query(flat[outside])[1]]
+        return out.reshape(*xy.shape[:-1], 3)
+    grid = pc.reshape(geometry.ny, geometry.nx, 3)
+    coords, samples = [], []
+    # Axes with one point are constant along them; the others are made
+    # ascending for the interpolator.
+    for axis, (n, start, step, column) in enumerate(
+        (
+            (geometry.ny, geometry.y0, geometry.dy, 1),
+            (geometry.nx, geometry.x0, geometry.dx, 0),
+        )
+    ):
+        if n == 1:
+            grid = grid.take([0], axis=axis)
+            continue
+        ticks = start + np.arange(n) * step
+        if step < 0:
+            ticks, grid = ticks[::-1], np.flip(grid, axis=axis)
+        coords.append(ticks)
+        samples.append(flat[:, column])
+    grid = grid.reshape(*(len(c) for c in coords), 3)
+    if not coords:
+        return np.broadcast_to(grid.reshape(3), (*xy.shape[:-1], 3)).copy()
+    interpolator = RegularGridInterpolator(
+        tuple(coords), grid, method="linear", bounds_error=False, fill_value=None
+    )
+    return interpolator(np.stack(samples, axis=-1)).reshape(*xy.shape[:-1], 3)
+
+
+def carry_detector(detector, geometry: ScanGeometry, xy: np.ndarray):
+    """A copy of ``detector`` for patterns at ``xy`` ``(..., 2)``.
+
+    Per-point PCs are interpolated to the new positions (see
+    :func:`interpolate_pc`); a detector with one PC is copied as it is.
+    """
+    if detector is None:
+        return None
+    new = copy.deepcopy(detector)
+    pc = interpolate_pc(detector, geometry, xy)
+    if pc is not None:
+        new.pc = pc if pc.ndim > 1 else pc[None]
+    elif np.asarray(detector.pc).reshape(-1, 3).shape[0] > 1:
+        # PCs that do not belong to the scan's points cannot be placed:
+        # their mean is the best single estimate.
+        new.pc = np.asarray(detector.pc).reshape(-1, 3).mean(axis=0)
+    return new
+
+
+# --------------------------------------------------------------- queries
+
+
+def _regular_grid_axes(xy: np.ndarray, units: str) -> list[dict] | None:
+    """Calibrated y, x axes if ``xy`` ``(ny, nx, 2)`` is an axis-aligned
+    evenly spaced grid, else None."""
+    if xy.ndim != 3 or min(xy.shape[:2]) < 2:
+        return None
+    x, y = xy[..., 0], xy[..., 1]
+    dx, dy = x[0, 1] - x[0, 0], y[1, 0] - y[0, 0]
+    if dx == 0 or dy == 0:
+        return None
+    tol = 1e-9 * max(abs(dx), abs(dy), np.abs(xy).max())
+    expected_x = x[0, 0] + np.arange(xy.shape[1]) * dx
+    expected_y = y[0, 0] + np.arange(xy.shape[0]) * dy
+    if (
+        np.abs(x - expected_x[None, :]).max() > tol
+        or np.abs(y - expected_y[:, None]).max() > tol
+    ):
+        return None
+    return [
+        {
+            "size": xy.shape[0],
+            "scale": float(dy),
+            "offset": float(y[0, 0]),
+            "units": units,
+            "name": "y",
+        },
+        {
+            "size": xy.shape[1],
+            "scale": float(dx),
+            "offset": float(x[0, 0]),
+            "units": units,
+            "name": "x",
+        },
+    ]
+
+
+def _index_axes(lead: tuple[int, ...]) -> list[dict]:
+    names = ["point"] if len(lead) == 1 else [f"index {k}" for k in range(len(lead))]
+    return [
+        {"size": int(n), "scale": 1.0, "offset": 0.0, "units": "", "name": name}
+        for n, name in zip(lead, names, strict=True)
+    ]
+
+
+def query_signal(
+    model: NeuralEBSDModel,
+    xy,
+    *,
+    lazy: bool | None = None,
+    extrapolate: bool = False,
+    nav_axes: list[dict] | None = None,
+    detector=None,
+    detector_geometry: ScanGeometry | None = None,
+    signal_axes: list[dict] | None = None,
+    static_background=None,
+    signal=None,
+    title: str = "",
+):
+    """Patterns at calibrated positions as a kikuchipy ``EBSD``/``LazyEBSD``.
+
+    Parameters
+    ----------
+    model
+        The fitted model.
+    xy
+        ``(..., 2)`` calibrated ``(x, y)``; the navigation shape of the
+        result is ``xy.shape[:-1]``.
+    lazy
+        None: lazy for lazy ``signal`` or outputs above 1 GiB.
+    extrapolate
+        Allow points outside the scanned rectangle (else ``ValueError``).
+    nav_axes
+        Axis dicts of the navigation axes (array order); default: calibrated
+        y, x axes when ``xy`` is an evenly spaced grid, else index axes.
+    detector, detector_geometry
+        The detector to carry over and the scan its PCs belong to (default:
+        the model's detector and geometry).
+    signal_axes
+        Axis dicts of the detector axes; default: pixel axes ``dy, dx``.
+    static_background
+        Copied to the result (so ``remove_static_background`` works on it).
+    signal
+        The signal the query comes from (only to resolve ``lazy=None``).
+    title
+        Title of the result.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim == 0 or xy.shape[-1] != 2:
+        raise ValueError(
+            f"xy must have a last axis of length 2 (x, y), got shape {xy.shape}"
+        )
+    geometry = model.geometry
+    geometry.check_inside(xy, extrapolate)
+    lead = xy.shape[:-1]
+    lazy = want_lazy(lazy, int(np.prod(lead)), model, signal)
+    patterns = decode(model, xy, lazy=lazy, extrapolate=True)
+    if nav_axes is None:
+        nav_axes = _regular_grid_axes(xy, geometry.units) or _index_axes(lead)
+    if signal_axes is None:
+        h, w = geometry.pattern_shape
+        signal_axes = [
+            {"size": h, "scale": 1.0, "offset": 0.0, "units": "px", "name": "dy"},
+            {"size": w, "scale": 1.0, "offset": 0.0, "units": "px", "name": "dx"},
+        ]
+    if detector is None:
+        detector, detector_geometry = model.detector, geometry
+    out = patterns_to_signal(
+        patterns,
+        nav_axes,
+        signal_axes,
+        detector=carry_detector(detector, detector_geometry or geometry, xy),
+        title=title,
+    )
+    if static_background is not None:
+        # In the patterns' dtype, as kikuchipy expects of a background.
+        out.static_background = static_background.astype(np.float32)
+    return out
+
+
+def upsample_xy(geometry: ScanGeometry, factor: float) -> tuple[np.ndarray, list[dict]]:
+    """Positions and axes of a grid ``factor`` times finer over the scan.
+
+    A grid scan is refined with :meth:`ScanGeometry.grid_xy` (axes keep the
+    scan's offsets, steps divided by ``factor``); a scattered scan is
+    resampled onto a square grid of spacing ``step / factor``. A line scan
+    (one row) stays a line.
+
+    Returns
+    -------
+    xy
+        ``(ny', nx', 2)`` or, for a line scan, ``(nx', 2)``.
+    nav_axes
+        Matching axis dicts (array order).
+    """
+    if isinstance(factor, bool) or not isinstance(factor, int | float | np.number):
+        raise TypeError(f"factor must be a number, got {factor!r}")
+    factor = float(factor)
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"factor must be a positive number, got {factor}")
+    g = geometry
+    if g.scattered:
+        step = g.step / factor
+        xy = g.square_grid_xy(step)
+        dx = dy = step
+        x0, y0 = g.x_range[0], g.y_range[0]
+    else:
+        xy = g.grid_xy(factor)
+        dx, dy, x0, y0 = g.dx / factor, g.dy / factor, g.x0, g.y0
+    axes = [
+        {"size": xy.shape[0], "scale": dy, "offset": y0, "units": g.units, "name": "y"},
+        {"size": xy.shape[1], "scale": dx, "offset": x0, "units": g.units, "name": "x"},
+    ]
+    if not g.scattered and g.ny == 1:
+        return xy[0], axes[1:]
+    return xy, axes
+
+
+def path_xy(start, end, n: int) -> tuple[np.ndarray, float]:
+    """``n`` evenly spaced points from ``start`` to ``end``, both included.
+
+    Returns the ``(n, 2)`` points (the ends exactly as given) and the
+    segment's length.
+    """
+    start = np.asarray(start, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    for name, p in (("start", start), ("end", end)):
+        if p.shape != (2,) or not np.all(np.isfinite(p)):
+            raise ValueError(f"{name} must be two finite numbers (x, y), got {p!r}")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
+        raise ValueError(
+            f"n must be an integer >= 2 (both ends are included), got {n!r}"
+        )
+    length = float(np.hypot(*(end - start)))
+    if length == 0:
+        raise ValueError("start and end are the same point: a path needs a length")
+    t = np.linspace(0.0, 1.0, int(n))[:, None]
+    xy = start + t * (end - start)
+    xy[0], xy[-1] = start, end
+    return xy, length
+
+
+# ------------------------------------------------------------------- fill
+
+
+def _cast(patterns: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Decoded float patterns in the data's dtype (rounded, clipped for ints)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(patterns), info.min, info.max).astype(dtype)
+    return patterns.astype(dtype, copy=False)
+
+
+def _fill_block(block, model, mask, xy, block_info=None):
+    location = block_info[0]["array-location"][:-2]
+    index = tuple(slice(a, b) for a, b in location)
+    replace = mask[index]
+    if not replace.any():
+        return block
+    out = np.array(block, copy=True)
+    out[replace] = _cast(model.query(xy[index][replace], extrapolate=True), out.dtype)
+    return out
+
+
+def fill(model: NeuralEBSDModel, data, mask: np.ndarray, xy: np.ndarray):
+    """``data`` with the patterns at ``mask`` replaced by the model's.
+
+    Parameters
+    ----------
+    model
+        The fitted model.
+    data
+        numpy or dask array ``(*nav, rows, columns)``.
+    mask
+        Boolean ``nav`` array, True where the pattern is replaced.
+    xy
+        ``(*nav, 2)`` calibrated positions of the scan points.
+
+    Returns
+    -------
+    filled
+        A new array of ``data``'s type, dtype and shape (decoded intensities
+        rounded and clipped for integer data); dask input gives a dask array
+        whose chunks decode only their own masked points.
+    """
+    if isinstance(data, da.Array):
+        data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})
+        return da.map_blocks(
+            _fill_block,
+            data,
+            dask.delayed(model, pure=True, traverse=False),
+            dask.delayed(np.asarray(mask), pure=True),
+            dask.delayed(np.asarray(xy), pure=True),
+            dtype=data.dtype,
+            meta=np.empty((0,) * data.ndim, data.dtype),
+        )
+    out = np.array(data, copy=True)
+    idx = np.flatnonzero(mask)
+    flat_out = out.reshape(-1, *out.shape[-2:])
+    flat_xy = np.asarray(xy).reshape(-1, 2)
+    step = max(1, _CHUNK_BYTES // (4 * model.geometry.n_pixels))
+    for start in range(0, len(idx), step):
+        chunk = idx[start : start + step]
+        flat_out[chunk] = _cast(
+            model.query(flat_xy[chunk], extrapolate=True), out.dtype
+        )
+    return out
