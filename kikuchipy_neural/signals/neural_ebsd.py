@@ -92,6 +92,7 @@ class NeuralEBSD(EBSD):
         show_progressbar: bool | None = None,
         resume=None,
         nonfinite: str = "raise",
+        positions=None,
         **options,
     ) -> NeuralEBSDModel:
         """Fit a neural field to the scan and attach it as ``neural_model``.
@@ -127,6 +128,12 @@ class NeuralEBSD(EBSD):
         nonfinite
             ``"raise"`` (default) on NaN/inf patterns, or ``"mask"`` to leave
             them out of training.
+        positions
+            ``(n, 2)`` calibrated ``(x, y)`` of every pattern of a signal
+            with one navigation axis, for scans off a square grid (e.g. a
+            hexagonal grid given as coordinates). Queries then address the
+            bounding rectangle of the points, and :meth:`upsample`
+            resamples onto a square grid.
         **options
             Every hyper-parameter, see
             :class:`~kikuchipy_neural.training.FitOptions`.
@@ -152,6 +159,7 @@ class NeuralEBSD(EBSD):
             show_progressbar=show_progressbar,
             resume=resume,
             nonfinite=nonfinite,
+            positions=positions,
             **options,
         )
         self._neural_model = model
@@ -175,11 +183,10 @@ class NeuralEBSD(EBSD):
             intensity scale, with this signal's axes and detector.
         """
         from kikuchipy_neural.analysis import queries
-        from kikuchipy_neural.geometry import ScanGeometry
 
         model = self._require_model()
         nav_shape = self.data.shape[: self.axes_manager.navigation_dimension]
-        xy = ScanGeometry.from_signal(self).grid_xy().reshape(*nav_shape, 2)
+        xy = self._scan_geometry(model).grid_xy().reshape(*nav_shape, 2)
         lazy = queries.want_lazy(lazy, int(np.prod(nav_shape)), model, self)
         patterns = queries.decode(model, xy, lazy=lazy)
         title = self.metadata.get_item("General.title", "")
@@ -189,6 +196,369 @@ class NeuralEBSD(EBSD):
             queries.axis_dicts(self.axes_manager.signal_axes[::-1]),
             detector=self.detector,
             title=f"Neural reconstruction of {title}".strip(),
+        )
+
+    def _scan_geometry(self, model: NeuralEBSDModel):
+        """Where this signal's patterns sit: its axes, or the model's explicit
+        positions for a scattered scan."""
+        from kikuchipy_neural.geometry import ScanGeometry
+
+        if model.geometry.scattered:
+            return model.geometry
+        return ScanGeometry.from_signal(self)
+
+    def _decoded(self, model, xy, lazy, extrapolate, title, nav_axes=None) -> EBSD:
+        from kikuchipy_neural.analysis import queries
+
+        return queries.query_signal(
+            model,
+            xy,
+            lazy=lazy,
+            extrapolate=extrapolate,
+            nav_axes=nav_axes,
+            detector=self.detector,
+            detector_geometry=self._scan_geometry(model),
+            signal_axes=queries.axis_dicts(self.axes_manager.signal_axes[::-1]),
+            static_background=self.static_background,
+            signal=self,
+            title=title,
+        )
+
+    def neural_query(
+        self, xy, lazy: bool | None = None, extrapolate: bool = False
+    ) -> EBSD:
+        """The model's patterns at arbitrary scan positions.
+
+        Parameters
+        ----------
+        xy
+            Array ``(..., 2)`` of calibrated ``(x, y)`` positions (x first, in
+            the navigation axes' units).
+        lazy
+            Return a ``LazyEBSD`` decoded chunk by chunk on demand (any dask
+            scheduler, distributed included). None: lazy for lazy signals
+            and outputs above 1 GiB.
+        extrapolate
+            Allow positions outside the scanned rectangle; by default they
+            raise ``ValueError``.
+
+        Returns
+        -------
+        signal
+            ``EBSD``/``LazyEBSD`` of float32 patterns in the measured
+            intensity scale with navigation shape ``xy.shape[:-1]``:
+            calibrated ``y, x`` axes when ``xy`` is an evenly spaced grid,
+            index axes otherwise. The detector is carried over, with its
+            pattern centres interpolated to ``xy`` when it has one per scan
+            point; the static background is carried over too.
+
+        Examples
+        --------
+        >>> xy = np.array([[2.5, 3.25], [7.1, 0.4]])
+        >>> s2 = s.neural_query(xy)  # doctest: +SKIP
+        >>> s2.axes_manager.navigation_shape  # doctest: +SKIP
+        (2,)
+        """
+        model = self._require_model()
+        title = self.metadata.get_item("General.title", "")
+        return self._decoded(
+            model, xy, lazy, extrapolate, f"Neural query of {title}".strip()
+        )
+
+    def upsample(self, factor: float = 2, lazy: bool | None = None) -> EBSD:
+        """The model's patterns on a grid ``factor`` times finer.
+
+        Parameters
+        ----------
+        factor
+            Refinement along x and y (any positive number; 1 gives the scan
+            grid). The grid keeps the scan's first corner and steps
+            ``dx / factor``, ``dy / factor``, and never reaches past the
+            scan (its far corner is kept when ``(n - 1) * factor`` is whole).
+            A scan fitted at explicit ``positions`` (e.g. a hexagonal grid)
+            is resampled onto a square grid of spacing ``step / factor``
+            over its bounding rectangle, ``step`` being the median distance
+            between neighbouring points.
+        lazy
+            Return a ``LazyEBSD`` decoded chunk by chunk on demand. None:
+            lazy for lazy signals and outputs above 1 GiB.
+
+        Returns
+        -------
+        signal
+            ``EBSD``/``LazyEBSD`` of float32 patterns with calibrated axes
+            (scales divided by ``factor``) and the detector carried over
+            (per-point pattern centres interpolated to the finer grid).
+        """
+        from kikuchipy_neural.analysis import queries
+
+        model = self._require_model()
+        geometry = self._scan_geometry(model)
+        xy, nav_axes = queries.upsample_xy(geometry, factor)
+        if not geometry.scattered:
+            # Keep this signal's axis names and units.
+            for new, old in zip(
+                nav_axes,
+                queries.axis_dicts(self.axes_manager.navigation_axes[::-1]),
+                strict=True,
+            ):
+                new.update(name=old["name"], units=old["units"])
+        title = self.metadata.get_item("General.title", "")
+        return self._decoded(
+            model,
+            xy,
+            lazy,
+            False,
+            f"Neural upsampling (x{float(factor):g}) of {title}".strip(),
+            nav_axes=nav_axes,
+        )
+
+    def neural_path(
+        self, start, end, n: int, lazy: bool | None = None, extrapolate: bool = False
+    ) -> EBSD:
+        """The model's patterns along a straight segment.
+
+        Parameters
+        ----------
+        start, end
+            ``(x, y)`` of the segment's ends, calibrated units.
+        n
+            Number of patterns, both ends included (>= 2).
+        lazy
+            Return a ``LazyEBSD``. None: lazy for lazy signals and outputs
+            above 1 GiB.
+        extrapolate
+            Allow ends outside the scanned rectangle.
+
+        Returns
+        -------
+        signal
+            ``EBSD``/``LazyEBSD`` with one navigation axis, ``distance``
+            along the segment from ``start`` (calibrated units), and the
+            detector carried over. See
+            :func:`kikuchipy_neural.analysis.paths.path_profile` for Hough
+            indexing along the path.
+        """
+        from kikuchipy_neural.analysis import queries
+
+        model = self._require_model()
+        xy, length = queries.path_xy(start, end, n)
+        nav_axes = [
+            {
+                "size": int(n),
+                "scale": length / (int(n) - 1),
+                "offset": 0.0,
+                "units": model.geometry.units,
+                "name": "distance",
+            }
+        ]
+        title = self.metadata.get_item("General.title", "")
+        out = self._decoded(
+            model, xy, lazy, extrapolate, f"Neural path of {title}".strip(), nav_axes
+        )
+        out.metadata.set_item("Neural.path_start", xy[0])
+        out.metadata.set_item("Neural.path_end", xy[-1])
+        return out
+
+    def neural_fill(self, mask, refit: bool = True, **fit_kwargs) -> NeuralEBSD:
+        """This signal with some scan points replaced by the model's patterns.
+
+        Parameters
+        ----------
+        mask
+            Boolean array of the navigation shape, True at the points to
+            replace (non-indexed, damaged, missing: anything, NaN
+            included, since they are never read).
+        refit
+            Fit a new model without the masked points first (default),
+            passing ``fit_kwargs`` to :meth:`fit_neural`; it is attached as
+            ``neural_model``. False: use the attached model as it is (it
+            should have been fitted with ``mask=~mask``).
+        **fit_kwargs
+            Arguments of :meth:`fit_neural` (not ``mask``).
+
+        Returns
+        -------
+        signal
+            A new signal of this type, dtype and shape (decoded intensities
+            rounded and clipped for integer data), lazy for lazy signals,
+            with the detector, crystal map and model carried over.
+        """
+        from kikuchipy_neural.analysis import queries
+
+        nav_shape = self.data.shape[: self.axes_manager.navigation_dimension]
+        mask = np.asarray(mask.compute() if hasattr(mask, "compute") else mask)
+        if mask.dtype != bool:
+            raise TypeError(f"mask must be a boolean array, got dtype {mask.dtype}")
+        if mask.shape != nav_shape:
+            if mask.size != int(np.prod(nav_shape)) or mask.ndim != 1:
+                raise ValueError(
+                    f"mask must have the navigation shape {nav_shape}, got {mask.shape}"
+                )
+            mask = mask.reshape(nav_shape)
+        if not mask.any():
+            raise ValueError("mask selects no point to fill")
+        if mask.all():
+            raise ValueError("mask selects every point: nothing is left to fit from")
+        if refit:
+            if "mask" in fit_kwargs:
+                raise TypeError("neural_fill sets the fit's mask itself (~mask)")
+            self.fit_neural(mask=~mask, **fit_kwargs)
+        elif fit_kwargs:
+            raise TypeError(f"Fit arguments {sorted(fit_kwargs)} need refit=True")
+        model = self._require_model()
+        xy = self._scan_geometry(model).grid_xy().reshape(*nav_shape, 2)
+        return self._deepcopy_with_new_data(queries.fill(model, self.data, mask, xy))
+
+    # ------------------------------------------------- diffraction gradient
+
+    def diffraction_gradient(
+        self,
+        factor: float = 1,
+        lazy: bool | None = None,
+        show_progressbar: bool | None = None,
+    ):
+        """The diffraction gradient ``S(x, y)`` on a grid ``factor`` times finer.
+
+        ``S = ||d A / d(x, y)||_F``, the Frobenius norm of the spatial
+        Jacobian of the factorized field's coefficients ``A`` (in pattern
+        units, so that how a scale is split between bases and coefficients
+        does not matter), or of the whole pattern ``I`` for the joint field:
+        how fast the patterns change with the beam position. Computed
+        analytically by forward-mode automatic differentiation of the
+        network, never by finite differences. Large along grain boundaries,
+        small inside grains; see :meth:`neural_boundaries` and
+        :meth:`neural_grains`.
+
+        Parameters
+        ----------
+        factor
+            Refinement along x and y (any positive number; 1 gives the scan
+            grid), the grid of :meth:`upsample`.
+        lazy
+            Return a ``LazySignal2D`` computed chunk by chunk on demand
+            (bounded memory for any factor). None: lazy for lazy signals and
+            outputs above 1 GiB.
+        show_progressbar
+            Progress bar of an eager evaluation; None: HyperSpy's preference.
+
+        Returns
+        -------
+        hyperspy.signals.Signal2D
+            float32 image with signal axes y, x calibrated as this scan
+            (offsets kept, scales divided by ``factor``); units of
+            normalised intensity per navigation unit. A line scan gives a
+            ``Signal1D``.
+
+        Examples
+        --------
+        >>> s_map = s.diffraction_gradient(factor=4)  # doctest: +SKIP
+        >>> s_map.plot()  # doctest: +SKIP
+        """
+        from kikuchipy_neural.analysis.gradient import gradient_signal
+
+        model = self._require_model()
+        if lazy is None and self._lazy:
+            lazy = True
+        title = self.metadata.get_item("General.title", "")
+        return gradient_signal(
+            model,
+            factor,
+            lazy=lazy,
+            title=f"Diffraction gradient of {title}".strip(),
+            show_progressbar=show_progressbar,
+        )
+
+    def neural_boundaries(
+        self,
+        factor: float = 8,
+        low: float | None = None,
+        high: float | None = None,
+        min_length: float | None = None,
+        refine: str | None = "centroid",
+        show_progressbar: bool | None = None,
+    ):
+        """Grain boundaries as sub-step traces of ridges of ``S``, no indexing.
+
+        Non-maximum suppression of :meth:`diffraction_gradient` along the
+        direction of fastest change, hysteresis thresholds, each ridge point
+        moved across the ridge by exact evaluations of ``S``, and ridge
+        points linked into polylines. See
+        :func:`kikuchipy_neural.analysis.boundaries.ridge_trace`.
+
+        Parameters
+        ----------
+        factor
+            Refinement of the search grid (4-10).
+        low, high
+            Hysteresis thresholds on ``S``; None: automatic.
+        min_length
+            Drop boundary networks shorter than this (calibrated units);
+            default one scan step.
+        refine
+            ``"centroid"`` (default), ``"peak"`` or None.
+        show_progressbar
+            Progress bar of the ``S`` evaluation.
+
+        Returns
+        -------
+        kikuchipy_neural.analysis.boundaries.BoundaryTrace
+            Polylines and points in calibrated units, with ``plot(ax)``.
+        """
+        from kikuchipy_neural.analysis.boundaries import ridge_trace
+
+        return ridge_trace(
+            self._require_model(),
+            factor=factor,
+            low=low,
+            high=high,
+            min_length=min_length,
+            refine=refine,
+            show_progressbar=show_progressbar,
+        )
+
+    def neural_grains(
+        self,
+        factor: float = 4,
+        threshold: float | None = None,
+        merge_threshold: float | None = None,
+        min_area: float | None = None,
+        show_progressbar: bool | None = None,
+    ):
+        """Grains by a watershed of the diffraction gradient, no indexing.
+
+        See :func:`kikuchipy_neural.analysis.boundaries.segment_grains`.
+
+        Parameters
+        ----------
+        factor
+            Refinement of the grid of the grain-id map.
+        threshold
+            ``S`` below which points seed grain interiors; None: automatic.
+        merge_threshold
+            Neighbouring regions whose shared line has a mean ``S`` below
+            this are merged; None: automatic.
+        min_area
+            Smallest seed region, calibrated units squared; default a
+            quarter of a scan step squared.
+        show_progressbar
+            Progress bar of the ``S`` evaluation.
+
+        Returns
+        -------
+        kikuchipy_neural.analysis.boundaries.GrainSegmentation
+            Grain-id map on the grid, grain areas and sizes, with
+            ``grain_id_at(xy)`` and ``plot(ax)``.
+        """
+        from kikuchipy_neural.analysis.boundaries import segment_grains
+
+        return segment_grains(
+            self._require_model(),
+            factor=factor,
+            threshold=threshold,
+            merge_threshold=merge_threshold,
+            min_area=min_area,
+            show_progressbar=show_progressbar,
         )
 
     # ---------------------------------------------------- HyperSpy overrides

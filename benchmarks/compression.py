@@ -1,0 +1,840 @@
+"""Rate-distortion and decoding throughput of model files on real data.
+
+Data: the real 200 x 200 crop of 120 x 120 px patterns (uint16 counts) in
+``../shared/data/real/rx_ni_superalloy_calvat`` (see ``_real_data.py``).
+
+Three steps (each a subcommand; ``--help`` for options):
+
+``fit``
+    Fit neural models over ranks and network widths, save each as a
+    float32 model file. Runs on CPU or CUDA (``--device``); where HyperSpy
+    and kikuchipy are not installed (a bare GPU machine), the scan is
+    passed to :func:`kikuchipy_neural.training.fit` as a minimal stand-in
+    signal with the same axes.
+``evaluate``
+    In one run: every fitted model re-saved at every precision (file bytes,
+    map MAE inside the circular aperture, % of the map's maximum); PCA at
+    the same ranks storing float16 scores and components; PCA with scores
+    quantised to 4, 6 or 8 bits and compressed by a general codec (the best
+    of zlib and lzma, with and without a delta filter); lossless codecs
+    (zlib, lzma, zstd/blosc when installed, each with and without byte
+    shuffling) on the raw uint16 patterns. Writes a JSON of every point, a
+    Markdown table and the rate-distortion figure, and extrapolates every
+    method to the paper's full map (900 x 1000 points of 120 x 120 px):
+
+    - neural: the file does not grow with the map (network bytes constant,
+      bases = rank x pixels), so full-map bytes = crop bytes;
+    - PCA: components (rank x pixels) constant, scores scale with points,
+      ``bytes_full = bytes_components + bytes_scores * 900000 / 40000``;
+    - lossless: the crop's compression ratio.
+
+    Accuracies are assumed to carry over from the crop unchanged (the same
+    rank and network suffice for the whole map): an assumption, stated with
+    the numbers.
+``throughput``
+    Patterns per second decoded from a model file on a given number of CPU
+    threads (directly, and through ``kikuchipy_neural.load`` + dask) versus
+    reading the same raw patterns from a kikuchipy h5ebsd file.
+``replot``
+    Table and figure again from the saved results.
+
+Outputs: ``results/compression.json`` (every point), ``results/compression.md``
+(tables), ``figures/compression_rate_distortion.png``,
+``results/compression_throughput.json``; model files under
+``_out/compression/`` (not committed). The exact commands and machines of
+the reported run are in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import math
+import os
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _real_data  # noqa: E402
+
+OUT = HERE / "_out" / "compression"  # model files (large, not committed)
+RESULTS = HERE / "results" / "compression.json"
+TABLE = HERE / "results" / "compression.md"
+FIGURE = HERE / "figures" / "compression_rate_distortion.png"
+THROUGHPUT = HERE / "results" / "compression_throughput.json"
+FULL_MAP_POINTS = 900 * 1000
+PAPER_MAE_PERCENT = 0.6  # the paper's accuracy, % of full scale
+TARGET_MAE_COUNTS = 350.0
+TARGET_RATIO_CROP = 250.0
+TARGET_RATIO_FULL = 2500.0
+DEFAULT_CONFIGS = "16:64,16:128,24:128,32:128,32:256,48:256,64:256,32:512"
+DEFAULT_PCA_RANKS = "4,6,8,12,16,24,32,48,64,96,128"
+_BLOCK = 2000  # patterns per decoding block (bounded memory)
+
+
+# ------------------------------------------------------------------- data
+
+
+def _decode_crop() -> np.ndarray:
+    """The crop's counts, uint16 ``(200, 200, 120, 120)``.
+
+    ``KIKUCHIPY_NEURAL_CALVAT`` may point to the data folder elsewhere (a
+    GPU machine). Without kikuchipy, the tiles are decoded here with
+    ``_real_data``'s own tile reader and constants (same recipe).
+    """
+    if os.environ.get("KIKUCHIPY_NEURAL_CALVAT"):
+        _real_data.CALVAT_DIR = Path(os.environ["KIKUCHIPY_NEURAL_CALVAT"])
+    try:
+        import kikuchipy  # noqa: F401
+    except ImportError:
+        size, tile, px = _real_data._SIZE, _real_data._TILE, _real_data._PX
+        out = np.empty((size, size, px, px), np.uint16)
+        for ty in range(size // tile):
+            for tx in range(size // tile):
+                gray, ranges = _real_data._tile(ty, tx)
+                g = (
+                    gray.reshape(tile, px, tile, px)
+                    .transpose(0, 2, 1, 3)
+                    .astype(np.float64)
+                )
+                lo, hi = ranges[..., :1, None], ranges[..., 1:, None]
+                # (hi - lo) in float32, as _real_data computes it: identical counts
+                v = lo.astype(np.float64) + g / 255.0 * (hi - lo).astype(np.float64)
+                counts = (v - _real_data._BIAS) / _real_data._SCALE
+                out[ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile] = np.clip(
+                    np.rint(counts), 0, 65535
+                )
+        return out
+    return np.asarray(_real_data.load_calvat_crop().data)
+
+
+def _load_data(cache: str | None) -> np.ndarray:
+    """The crop as uint16 ``(200, 200, 120, 120)``, optionally cached as .npy."""
+    if cache and Path(cache).exists():
+        return np.load(cache, mmap_mode="r")
+    t = time.perf_counter()
+    data = _decode_crop()
+    print(
+        f"decoded the crop {data.shape} in {time.perf_counter() - t:.0f} s", flush=True
+    )
+    if cache:
+        np.save(cache, data)
+    return data
+
+
+def _scan(data: np.ndarray):
+    """A kikuchipy NeuralEBSD signal of ``data``, or, where HyperSpy is not
+    installed, a stand-in with the same axes (all that ``fit`` reads)."""
+    try:
+        import kikuchipy as kp
+    except ImportError:
+        ny, nx, h, w = data.shape
+
+        def axis(size, name, units):
+            return SimpleNamespace(
+                size=size, scale=1.0, offset=0.0, units=units, name=name
+            )
+
+        axes = SimpleNamespace(
+            navigation_axes=[axis(nx, "x", "px"), axis(ny, "y", "px")],
+            signal_axes=[axis(w, "dx", "px"), axis(h, "dy", "px")],
+        )
+        return SimpleNamespace(data=data, axes_manager=axes, detector=None, xmap=None)
+    s = kp.signals.EBSD(np.asarray(data))
+    s.detector = kp.detectors.EBSDDetector(shape=data.shape[2:])
+    s.set_signal_type("NeuralEBSD")
+    return s
+
+
+# -------------------------------------------------------------------- fit
+
+
+def _parse_configs(text: str) -> list[tuple[int, int, int]]:
+    configs = []
+    for item in text.split(","):
+        parts = [int(v) for v in item.split(":")]
+        rank, width = parts[:2]
+        layers = parts[2] if len(parts) > 2 else 5
+        configs.append((rank, width, layers))
+    return configs
+
+
+def cmd_fit(args) -> None:
+    import torch
+
+    from kikuchipy_neural.training.fit import fit
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = np.ascontiguousarray(_load_data(args.cache))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = json.loads(args.options) if args.options else {}
+    for rank, width, layers in _parse_configs(args.configs):
+        name = f"neural_r{rank}_w{width}_l{layers}{args.tag}"
+        if (out / f"{name}.h5").exists() and not args.overwrite:
+            print(f"{name}: exists, skipped", flush=True)
+            continue
+        t = time.perf_counter()
+        model = fit(
+            _scan(data),
+            rank=rank,
+            max_steps=args.max_steps,
+            time_budget=args.time_budget,
+            device=args.device,
+            seed=args.seed,
+            show_progressbar=not args.quiet,
+            siren_width=width,
+            siren_layers=layers,
+            **options,
+        )
+        model.info["benchmark_device"] = str(model.device)
+        model.to("cpu").save(out / f"{name}.h5", precision="float32")
+        mae = [v for v in model.history["val_mae"] if v == v]  # NaN without validation
+        best = (
+            f"best validation MAE {min(mae):.1f} counts"
+            if mae
+            else "no validation points"
+        )
+        print(
+            f"{name}: {model.info['steps']} steps, {time.perf_counter() - t:.0f} s "
+            f"({model.info['stop_reason']}), {best}",
+            flush=True,
+        )
+
+
+# --------------------------------------------------------------- metrics
+
+
+def _aperture(shape) -> np.ndarray:
+    from kikuchipy_neural.analysis.metrics import aperture_mask
+
+    return aperture_mask(shape).ravel()
+
+
+def _map_mae(reconstruct, data: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over patterns of the MAE inside the aperture (counts).
+
+    ``reconstruct(start, stop)`` returns float32 ``(stop - start, n_pixels)``
+    for flat scan indices ``start:stop``.
+    """
+    flat = data.reshape(data.shape[0] * data.shape[1], -1)
+    total = 0.0
+    for start in range(0, len(flat), _BLOCK):
+        stop = min(start + _BLOCK, len(flat))
+        diff = reconstruct(start, stop)[:, mask] - flat[start:stop, mask].astype(
+            np.float32
+        )
+        total += float(np.abs(diff, out=diff).mean(axis=1, dtype=np.float64).sum())
+    return total / len(flat)
+
+
+# ---------------------------------------------------------------- neural
+
+
+def _neural_points(
+    models_dir: Path, files_dir: Path, data, mask, precisions
+) -> list[dict]:
+    from kikuchipy_neural.io.model_file import file_summary, load_model
+
+    files_dir.mkdir(parents=True, exist_ok=True)
+    ny, nx = data.shape[:2]
+    rows = []
+    for source in sorted(models_dir.glob("neural_*.h5")):
+        model = load_model(source)
+        if model.geometry.nav_shape != (ny, nx):
+            print(f"{source.name}: fitted on another scan, skipped")
+            continue
+        xy = model.geometry.grid_xy().reshape(-1, 2)
+        for precision in precisions:
+            path = model.save(
+                files_dir / f"{source.stem}_{precision}.h5", precision=precision
+            )
+            m = load_model(path)
+            t = time.perf_counter()
+            mae = _map_mae(
+                lambda a, b, m=m, xy=xy: m.query(xy[a:b]).reshape(b - a, -1), data, mask
+            )
+            summary = file_summary(path)
+            cfg = summary["field"]
+            row = {
+                "method": "neural",
+                "label": f"neural {precision}",
+                "name": path.stem,
+                "rank": cfg["rank"],
+                "width": cfg["width"],
+                "layers": cfg["layers"],
+                "precision": precision,
+                "bytes": summary["file_bytes"],
+                "network_bytes": summary["array_bytes"]["network"],
+                "bases_bytes": sum(
+                    v
+                    for k, v in summary["array_bytes"].items()
+                    if k.startswith("bases")
+                ),
+                "mae_counts": mae,
+                "fit_steps": model.info.get("steps"),
+                "fit_seconds": model.info.get("seconds"),
+                "fit_device": model.info.get("benchmark_device"),
+                "decode_seconds": time.perf_counter() - t,
+            }
+            rows.append(row)
+            print(
+                f"{path.name}: {row['bytes'] / 1e6:.3f} MB, MAE {mae:.1f} counts "
+                f"(decoded in {row['decode_seconds']:.0f} s)",
+                flush=True,
+            )
+    return rows
+
+
+# ------------------------------------------------------------------- PCA
+
+
+def _compress_best(raw: bytes, delta_width: int | None = None) -> tuple[int, str]:
+    """Smallest of zlib-9 and lzma (preset 9e), each with and without a
+    delta filter of ``delta_width`` bytes; returns (bytes, codec)."""
+    best = (len(zlib.compress(raw, 9)), "zlib")
+    candidates = {
+        "lzma": [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+    }
+    if delta_width:
+        candidates["delta+lzma"] = [
+            {"id": lzma.FILTER_DELTA, "dist": delta_width},
+            {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME},
+        ]
+    for name, filters in candidates.items():
+        n = len(lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters))
+        best = min(best, (n, name))
+    return best
+
+
+def _quantise(
+    scores: np.ndarray, bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Affine quantisation per component (column): codes, offsets, steps."""
+    lo = scores.min(axis=0)
+    levels = 2**bits - 1
+    step = (scores.max(axis=0) - lo) / levels
+    step = np.where(step > 0, step, 1.0).astype(np.float32)
+    codes = np.clip(np.rint((scores - lo) / step), 0, levels).astype(np.uint8)
+    return codes, lo.astype(np.float32), step
+
+
+def _pca_points(data, mask, ranks, bits_list, seed: int = 0) -> list[dict]:
+    import torch
+
+    ny, nx = data.shape[:2]
+    n = ny * nx
+    flat = data.reshape(n, -1)
+    x = torch.from_numpy(np.asarray(flat, np.float32))
+    mean = x.mean(dim=0)
+    x -= mean
+    q = max(ranks) - 1
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    _, _, v = torch.svd_lowrank(x, q=q + 10, niter=4)
+    v = v[:, :q].contiguous()
+    scores = (x @ v).numpy()
+    del x
+    comps = v.T.numpy()
+    mean = mean.numpy()
+    print(
+        f"PCA of {n} patterns to {q} components in {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
+
+    rows = []
+    for rank in ranks:
+        k = rank - 1
+        # float16 scores and components (the paper-style PCA baseline)
+        m16, c16, s16 = (
+            a.astype(np.float16).astype(np.float32)
+            for a in (mean, comps[:k], scores[:, :k])
+        )
+        mae = _map_mae(lambda a, b, m=m16, s=s16, c=c16: m + s[a:b] @ c, data, mask)
+        nbytes = 2 * (mean.size + c16.size + s16.size)
+        rows.append(
+            dict(method="pca_f16", label="PCA, float16 scores", rank=rank, bytes=nbytes,
+                 components_bytes=2 * (mean.size + c16.size), scores_bytes=2 * s16.size, mae_counts=mae)
+        )  # fmt: skip
+        print(
+            f"PCA float16 rank {rank}: {nbytes / 1e6:.3f} MB, MAE {mae:.1f}", flush=True
+        )
+        # quantised score maps through a general codec
+        comp_bytes, comp_codec = _compress_best(
+            np.concatenate([mean[None], comps[:k]]).astype("<f2").tobytes(),
+            delta_width=2,
+        )
+        for bits in bits_list:
+            codes, lo, step = _quantise(scores[:, :k], bits)
+            deq = lo + codes.astype(np.float32) * step
+            mae = _map_mae(lambda a, b, m=m16, d=deq, c=c16: m + d[a:b] @ c, data, mask)
+            # Component-major maps: each score map is an image the codec sees whole.
+            maps = np.ascontiguousarray(codes.T.reshape(k, ny, nx))
+            score_bytes, codec = _compress_best(maps.tobytes(), delta_width=1)
+            nbytes = comp_bytes + score_bytes + 8 * k
+            rows.append(
+                dict(method=f"pca_q{bits}", label=f"PCA, {bits}-bit scores + codec", rank=rank,
+                     bits=bits, bytes=nbytes, components_bytes=comp_bytes + 8 * k,
+                     scores_bytes=score_bytes, codec=f"{codec} / {comp_codec}", mae_counts=mae)
+            )  # fmt: skip
+            print(
+                f"PCA {bits}-bit rank {rank}: {nbytes / 1e6:.3f} MB ({codec}), MAE {mae:.1f}",
+                flush=True,
+            )
+    return rows
+
+
+# -------------------------------------------------------------- lossless
+
+
+def _codecs() -> dict:
+    codecs = {
+        "zlib-9": lambda b: zlib.compress(b, 9),
+        "lzma-6": lambda b: lzma.compress(b, preset=6),
+    }
+    try:
+        import zstandard
+
+        codecs["zstd-19"] = zstandard.ZstdCompressor(level=19).compress
+    except ImportError:
+        pass
+    try:
+        import blosc2
+
+        codecs["blosc2-zstd-9"] = lambda b: blosc2.compress(
+            b,
+            typesize=2,
+            clevel=9,
+            codec=blosc2.Codec.ZSTD,
+            filter=blosc2.Filter.SHUFFLE,
+        )
+    except ImportError:
+        pass
+    return codecs
+
+
+def _lossless_points(data, fraction: float) -> list[dict]:
+    """Codecs on whole scan rows (200 patterns, 5.8 MB, as an HDF5 chunk
+    would hold), on ``fraction`` of the rows spread over the map."""
+    ny = data.shape[0]
+    take = np.unique(
+        np.linspace(0, ny - 1, max(1, round(ny * fraction))).round().astype(int)
+    )
+    rows = []
+    for name, compress in _codecs().items():
+        for shuffle in (False, True):
+            t = time.perf_counter()
+            raw_total = comp_total = 0
+            for r in take:
+                row = np.ascontiguousarray(data[r], "<u2")
+                raw = (
+                    row.view(np.uint8).reshape(-1, 2).T.tobytes()
+                    if shuffle
+                    else row.tobytes()
+                )
+                raw_total += len(raw)
+                comp_total += len(compress(raw))
+            ratio = raw_total / comp_total
+            label = name + ("+shuffle" if shuffle else "")
+            rows.append(
+                dict(method="lossless", label=label, bytes=int(data.nbytes / ratio), ratio=ratio,
+                     mae_counts=0.0, rows_measured=len(take), seconds=time.perf_counter() - t)
+            )  # fmt: skip
+            print(
+                f"{label}: {ratio:.2f}x on {len(take)} rows ({time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
+            if "blosc" in name:
+                break  # blosc shuffles itself
+    return rows
+
+
+# -------------------------------------------------------------- analysis
+
+
+def _extrapolate(row: dict, n_crop: int) -> int:
+    scale = FULL_MAP_POINTS / n_crop
+    if row["method"] == "neural":
+        return row["bytes"]
+    if row["method"] == "lossless":
+        return int(row["bytes"] * scale)
+    return int(row["components_bytes"] + row["scores_bytes"] * scale)
+
+
+def _front(rows: list[dict], key: str) -> list[dict]:
+    """Pareto front (fewer bytes, lower MAE) of ``rows``."""
+    front, best = [], math.inf
+    for r in sorted(rows, key=lambda r: (r[key], r["mae_counts"])):
+        if r["mae_counts"] < best:
+            front.append(r)
+            best = r["mae_counts"]
+    return front
+
+
+def _best_at(rows, key, mae_max):
+    ok = [r for r in rows if r["mae_counts"] <= mae_max]
+    return min(ok, key=lambda r: r[key]) if ok else None
+
+
+def _summarise(result: dict) -> str:
+    rows, raw, raw_full, vmax = (
+        result["rows"], result["raw_bytes"], result["raw_bytes_full_map"], result["max_count"],
+    )  # fmt: skip
+    paper_counts = PAPER_MAE_PERCENT / 100 * vmax
+    lines = [
+        f"Map: {result['scan_shape'][0]} x {result['scan_shape'][1]} points of "
+        f"{result['pattern_shape'][0]} x {result['pattern_shape'][1]} px, raw uint16 "
+        f"{raw / 1e9:.3f} GB; max count {vmax}; MAE inside the aperture, % of the max.",
+        f"Full-map extrapolation: {FULL_MAP_POINTS} points, raw {raw_full / 1e9:.2f} GB.",
+        "",
+        "| method | rank | width | precision | bytes (crop) | ratio (crop) | MAE counts | MAE % | ratio (full map) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(
+        rows,
+        key=lambda r: (
+            r["method"],
+            r.get("rank") or 0,
+            r.get("width") or 0,
+            r["bytes"],
+        ),
+    ):
+        lines.append(
+            f"| {r['label']} | {r.get('rank', '-')} | {r.get('width', '-')} | "
+            f"{r.get('precision', '-')} | {r['bytes']:,} | {raw / r['bytes']:.0f} | "
+            f"{r['mae_counts']:.1f} | {100 * r['mae_counts'] / vmax:.3f} | "
+            f"{raw_full / r['bytes_full_map']:.0f} |"
+        )
+    lines += ["", "Best ratio per method family within an accuracy:", ""]
+    lines += [
+        "| family | MAE limit | ratio (crop) | ratio (full map) | point |",
+        "|---|---|---|---|---|",
+    ]
+    families = {
+        "neural": [r for r in rows if r["method"] == "neural"],
+        "PCA float16": [r for r in rows if r["method"] == "pca_f16"],
+        "PCA quantised + codec": [r for r in rows if r["method"].startswith("pca_q")],
+        "lossless": [r for r in rows if r["method"] == "lossless"],
+    }
+    for limit_name, limit in (
+        (f"{TARGET_MAE_COUNTS:.0f} counts", TARGET_MAE_COUNTS),
+        (f"{PAPER_MAE_PERCENT} % = {paper_counts:.0f} counts", paper_counts),
+    ):
+        for family, sel in families.items():
+            crop = _best_at(sel, "bytes", limit)
+            full = _best_at(sel, "bytes_full_map", limit)
+            if crop is None:
+                lines.append(f"| {family} | {limit_name} | - | - | none reaches it |")
+                continue
+            lines.append(
+                f"| {family} | {limit_name} | {raw / crop['bytes']:.0f} | "
+                f"{raw_full / full['bytes_full_map']:.0f} | {crop.get('name', crop['label'])} "
+                f"rank {crop.get('rank', '-')} |"
+            )
+    # Is the neural front ahead of every baseline at equal bytes?
+    neural = _front(families["neural"], "bytes")
+    baselines = [r for r in rows if r["method"] != "neural"]
+    lines.append("")
+    for key, scale_name in (("bytes", "crop"), ("bytes_full_map", "full map")):
+        behind = []
+        for b in baselines:
+            # A baseline point beats the neural front if no neural point is
+            # at most as large and at most as wrong.
+            if not any(
+                n[key] <= b[key] and n["mae_counts"] <= b["mae_counts"] for n in neural
+            ):
+                if b["mae_counts"] > 0 and b[key] >= min(n[key] for n in neural):
+                    behind.append(b)
+        lines.append(
+            f"Baseline points ({scale_name}) not dominated by a neural point (within the "
+            f"neural byte range): {len(behind)}"
+            + (
+                ""
+                if not behind
+                else ": " + ", ".join(f"{b['label']} r{b.get('rank')}" for b in behind)
+            )
+        )
+    return "\n".join(lines)
+
+
+def _figure(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, vmax = result["rows"], result["max_count"]
+    raw, raw_full = result["raw_bytes"], result["raw_bytes_full_map"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    styles = {
+        "pca_f16": dict(color="0.3", marker="s", ls="-"),
+        "pca_q8": dict(color="C1", marker="^", ls="-"),
+        "pca_q6": dict(color="C2", marker="v", ls="-"),
+        "pca_q4": dict(color="C4", marker="<", ls="-"),
+    }
+    prec_colors = {"float32": "C0", "float16": "C3", "int8": "C9"}
+    for ax, key, raw_bytes, target, title in (
+        (axes[0], "bytes", raw, TARGET_RATIO_CROP, "200 x 200 crop (measured)"),
+        (
+            axes[1],
+            "bytes_full_map",
+            raw_full,
+            TARGET_RATIO_FULL,
+            "900 x 1000 map (extrapolated)",
+        ),
+    ):
+        for method, style in styles.items():
+            sel = sorted(
+                (r for r in rows if r["method"] == method), key=lambda r: r[key]
+            )
+            if sel:
+                ax.plot([r[key] for r in sel], [100 * r["mae_counts"] / vmax for r in sel],
+                        label=sel[0]["label"], ms=5, **style)  # fmt: skip
+        for precision, color in prec_colors.items():
+            sel = [
+                r
+                for r in rows
+                if r["method"] == "neural" and r["precision"] == precision
+            ]
+            if sel:
+                ax.scatter([r[key] for r in sel], [100 * r["mae_counts"] / vmax for r in sel],
+                           color=color, s=40, zorder=3, label=f"neural, {precision}", edgecolor="k", lw=0.5)  # fmt: skip
+        front = _front([r for r in rows if r["method"] == "neural"], key)
+        ax.plot([r[key] for r in front], [100 * r["mae_counts"] / vmax for r in front], "k--", lw=1,
+                label="neural front")  # fmt: skip
+        for r in (r for r in rows if r["method"] == "lossless"):
+            ax.axvline(r[key], color="0.75", lw=0.8, ls=":")
+        lossless = min(
+            (r for r in rows if r["method"] == "lossless"),
+            key=lambda r: r[key],
+            default=None,
+        )
+        if lossless is not None:
+            ax.text(lossless[key], 0.02, f" best lossless\n {lossless['label']}\n "
+                    f"{raw_bytes / lossless[key]:.1f}x (MAE 0)", transform=ax.get_xaxis_transform(),
+                    fontsize=7, va="bottom")  # fmt: skip
+        ax.axhline(
+            PAPER_MAE_PERCENT,
+            color="C3",
+            lw=0.8,
+            ls="-.",
+            label=f"paper accuracy {PAPER_MAE_PERCENT} %",
+        )
+        ax.axhline(100 * TARGET_MAE_COUNTS / vmax, color="C1", lw=0.8, ls="-.",
+                   label=f"{TARGET_MAE_COUNTS:.0f} counts")  # fmt: skip
+        ax.axvline(
+            raw_bytes / target,
+            color="k",
+            lw=0.8,
+            label=f"{target:.0f}x smaller than raw",
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("stored bytes")
+        ax.set_title(title)
+        sec = ax.secondary_xaxis("top", functions=(lambda b, r=raw_bytes: r / np.maximum(b, 1),
+                                                   lambda c, r=raw_bytes: r / np.maximum(c, 1e-9)))  # fmt: skip
+        sec.set_xlabel("compression ratio vs raw uint16")
+    axes[0].set_ylabel("map MAE inside the aperture (% of max)")
+    neural_and_pca = [r for r in rows if r["method"] != "lossless"]
+    if neural_and_pca:
+        worst = max(100 * r["mae_counts"] / vmax for r in neural_and_pca)
+        axes[0].set_ylim(0.45, min(worst * 1.05, 1.2))
+    axes[1].legend(fontsize=7, loc="upper right", frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def cmd_evaluate(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _load_data(args.cache)
+    mask = _aperture(data.shape[2:])
+    n = data.shape[0] * data.shape[1]
+    rows = []
+    t = time.perf_counter()
+    if args.models:
+        rows += _neural_points(
+            Path(args.models), out / "files", data, mask, args.precisions.split(",")
+        )
+    if not args.skip_pca:
+        ranks = [int(v) for v in args.pca_ranks.split(",")]
+        rows += _pca_points(data, mask, ranks, [int(b) for b in args.bits.split(",")])
+    if not args.skip_lossless:
+        rows += _lossless_points(data, args.lossless_fraction)
+    for r in rows:
+        r["bytes_full_map"] = _extrapolate(r, n)
+    result = {
+        "scan_shape": list(data.shape[:2]),
+        "pattern_shape": list(data.shape[2:]),
+        "raw_bytes": int(data.nbytes),
+        "raw_bytes_full_map": int(FULL_MAP_POINTS * np.prod(data.shape[2:]) * 2),
+        "max_count": int(data.max()),
+        "seconds": time.perf_counter() - t,
+        "rows": rows,
+    }
+    _write_report(result)
+
+
+def cmd_replot(args) -> None:
+    _write_report(json.loads(RESULTS.read_text()))
+
+
+def _write_report(result: dict) -> None:
+    for path in (RESULTS, TABLE, FIGURE):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    table = _summarise(result)
+    TABLE.write_text(table + "\n")
+    _figure(result, FIGURE)
+    print(table)
+    print(f"\nwrote {RESULTS}, {TABLE}, {FIGURE}")
+
+
+# ------------------------------------------------------------ throughput
+
+
+def cmd_throughput(args) -> None:
+    import dask
+    import torch
+
+    import kikuchipy_neural as kn
+
+    torch.set_num_threads(args.threads)
+    data = _load_data(args.cache)
+    model = kn.load_model(args.model)
+    rows = args.rows
+    n = rows * data.shape[1]
+    xy = model.geometry.grid_xy()[:rows]
+    model.query(xy[:1, :50])  # warm-up
+    results = {}
+
+    def timed(name, fn, repeat=3):
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        best = min(times)
+        results[name] = {"seconds": best, "patterns_per_s": n / best}
+        print(
+            f"{name}: {n / best:,.0f} patterns/s (best of {repeat}: {best:.2f} s)",
+            flush=True,
+        )
+
+    timed(f"model.query, torch {args.threads} threads", lambda: model.query(xy))
+    s = kn.load(args.model)
+    torch.set_num_threads(1)
+    with dask.config.set(scheduler="threads", num_workers=args.threads):
+        timed(
+            f"kikuchipy_neural.load + dask ({args.threads} workers x 1 torch thread)",
+            lambda: s.inav[:, :rows].data.compute(),
+        )
+    torch.set_num_threads(args.threads)
+
+    import kikuchipy as kp
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        path = Path(tmp) / "raw.h5"
+        kp.signals.EBSD(np.ascontiguousarray(data[:rows])).save(path)
+        size = path.stat().st_size
+        timed("kikuchipy.load h5ebsd (eager)", lambda: kp.load(path))
+        with dask.config.set(scheduler="threads", num_workers=args.threads):
+            timed(
+                "kikuchipy.load h5ebsd (lazy, computed)",
+                lambda: kp.load(path, lazy=True).data.compute(),
+            )
+        import h5py
+
+        def h5_read():
+            with h5py.File(path, "r") as f:
+                name = next(k for k in f if k not in ("manufacturer", "version"))
+                f[name]["EBSD/Data/patterns"][()]
+
+        timed("h5py read of the h5ebsd dataset", h5_read)
+    model_bytes = os.path.getsize(args.model)
+    results["_meta"] = {
+        "patterns": n,
+        "model": str(args.model),
+        "model_bytes": model_bytes,
+        "h5ebsd_bytes": size,
+        "threads": args.threads,
+        "note": "h5ebsd file just written: read from the page cache",
+    }
+    THROUGHPUT.parent.mkdir(parents=True, exist_ok=True)
+    THROUGHPUT.write_text(json.dumps(results, indent=1))
+    print(
+        f"{n} patterns; model file {model_bytes:,} B, h5ebsd file {size:,} B; wrote {THROUGHPUT}"
+    )
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--cache", default=None, help="cache the decoded crop in this .npy file"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit neural models, save float32 model files")
+    p.add_argument("--out", default=str(OUT / "models"))
+    p.add_argument("--configs", default=DEFAULT_CONFIGS, help="rank:width[:layers],...")
+    p.add_argument("--device", default=None)
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per fit")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", default=None, help="JSON dict of further fit options")
+    p.add_argument("--tag", default="", help="suffix of the model files' names")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="rate-distortion of models and baselines")
+    p.add_argument(
+        "--models",
+        default=str(OUT / "models"),
+        help="folder of fitted model files ('' for none)",
+    )
+    p.add_argument(
+        "--out", default=str(OUT), help="the re-saved model files go to OUT/files"
+    )
+    p.add_argument("--precisions", default="float32,float16,int8")
+    p.add_argument("--pca-ranks", default=DEFAULT_PCA_RANKS)
+    p.add_argument("--bits", default="4,6,8", help="bit depths of quantised PCA scores")
+    p.add_argument("--lossless-fraction", type=float, default=0.1)
+    p.add_argument("--skip-pca", action="store_true")
+    p.add_argument("--skip-lossless", action="store_true")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("replot", help="table and figure again from the saved JSON")
+    p.set_defaults(run=cmd_replot)
+
+    p = sub.add_parser("throughput", help="decoding vs h5ebsd reading speed")
+    p.add_argument("--model", required=True)
+    p.add_argument("--rows", type=int, default=50, help="scan rows to decode/read")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tmp", default=None, help="folder for the temporary h5ebsd file")
+    p.set_defaults(run=cmd_throughput)
+
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,479 @@
+"""The ``kikuchipy-neural`` command line.
+
+Subcommands are registered with :func:`command`; adding one is writing one
+decorated function::
+
+    @command("name", "one-line help", [arg("path"), arg("--flag", action="store_true")])
+    def _name(args: argparse.Namespace) -> int:
+        ...
+        return 0
+
+Heavy imports (torch, kikuchipy) happen inside the subcommands, so that
+``kikuchipy-neural --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["COMMANDS", "arg", "command", "main"]
+
+
+@dataclass
+class Command:
+    """A registered subcommand."""
+
+    name: str
+    help: str
+    arguments: list[tuple[tuple, dict]] = field(default_factory=list)
+    run: Callable[[argparse.Namespace], int] | None = None
+    description: str | None = None
+
+
+#: Registered subcommands, in the order ``--help`` lists them.
+COMMANDS: dict[str, Command] = {}
+
+
+def arg(*names: str, **kwargs: Any) -> tuple[tuple, dict]:
+    """One ``ArgumentParser.add_argument`` call, for :func:`command`."""
+    return names, kwargs
+
+
+def command(name: str, help: str, arguments: Sequence[tuple[tuple, dict]] = ()):
+    """Register the decorated ``run(args) -> exit status`` as subcommand ``name``."""
+
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(name, help, list(arguments), run, run.__doc__)
+        return run
+
+    return register
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kikuchipy-neural",
+        description="Fit, decode and inspect neural-field models of EBSD scans.",
+    )
+    from kikuchipy_neural import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.description or cmd.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for names, kwargs in cmd.arguments:
+            p.add_argument(*names, **kwargs)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kikuchipy-neural`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except CLIError as err:
+        print(f"kikuchipy-neural {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, OSError, ValueError, TypeError) as err:
+        # Bad input (a missing file, a corrupted model, an unknown option):
+        # the message says what is wrong; a traceback would hide it.
+        print(f"kikuchipy-neural {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``"key=value"`` -> ``(key, value)``; the value is a Python literal
+    (number, tuple, None, True/False) when it parses as one, else a string."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise CLIError(f"--option expects key=value, got {text!r}")
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = value.strip()
+    return key, parsed
+
+
+def _rank(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"rank must be an integer or 'auto', got {text!r}"
+        ) from None
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _read_scan(path: str, lazy: bool):
+    import kikuchipy as kp
+
+    signal = kp.load(path, lazy=lazy)
+    if isinstance(signal, list):
+        raise CLIError(
+            f"{path} holds {len(signal)} signals; write the scan to fit to its own file"
+        )
+    if signal.axes_manager.signal_dimension != 2:
+        raise CLIError(f"{path} does not hold 2D patterns: {signal}")
+    signal.set_signal_type("NeuralEBSD")
+    return signal
+
+
+# ------------------------------------------------------------------- commands
+
+_PRECISION_HELP = "float32 (bit-exact), float16 (default) or int8 (8-bit bases)"
+
+
+@command(
+    "fit",
+    "fit a neural field to a scan and save the model",
+    [
+        arg(
+            "scan",
+            help="pattern file that kikuchipy.load reads (h5ebsd, .hspy, .zspy, ...)",
+        ),
+        arg("--out", "-o", required=True, help="model file to write (.h5)"),
+        arg(
+            "--formulation", default="factorized", help="factorized (default) or joint"
+        ),
+        arg(
+            "--rank",
+            type=_rank,
+            default="auto",
+            help="number of bases, or auto (default)",
+        ),
+        arg(
+            "--variance",
+            type=float,
+            default=None,
+            help="choose the rank explaining this variance share",
+        ),
+        arg(
+            "--max-steps",
+            type=int,
+            default=None,
+            help="stop after this many optimiser steps",
+        ),
+        arg(
+            "--time-budget",
+            type=float,
+            default=None,
+            help="stop after this many seconds",
+        ),
+        arg(
+            "--device",
+            default=None,
+            help="cpu, cuda, cuda:1, ... (default: cuda if available)",
+        ),
+        arg("--seed", type=int, default=0, help="random seed (default 0)"),
+        arg("--precision", default="float16", help=_PRECISION_HELP),
+        arg(
+            "--option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any fit option, e.g. --option siren_width=256 (repeatable)",
+        ),
+        arg(
+            "--lazy",
+            action="store_true",
+            help="read the scan lazily (for scans larger than memory)",
+        ),
+        arg(
+            "--checkpoint", default=None, help="checkpoint file written during the fit"
+        ),
+        arg("--resume", default=None, help="continue from this checkpoint"),
+        arg("--quiet", "-q", action="store_true", help="no progress bar, no summary"),
+    ],
+)
+def _fit(args: argparse.Namespace) -> int:
+    """Fit a neural field to an EBSD scan and save it as one model file.
+
+    Every fit option (see kikuchipy_neural.training.FitOptions) is available
+    through --option KEY=VALUE; values are Python literals (numbers, tuples,
+    None, True/False) or plain strings.
+    """
+    from kikuchipy_neural.io.model_file import PRECISIONS
+
+    if args.precision not in PRECISIONS:
+        raise CLIError(
+            f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}"
+        )
+    options = dict(parse_option(o) for o in args.option)
+    if args.checkpoint is not None:
+        options["checkpoint"] = args.checkpoint
+    if args.variance is not None and args.rank != "auto":
+        raise CLIError("give either --rank or --variance, not both")
+    # Check the options before reading a possibly large scan.
+    from kikuchipy_neural.training.options import FitOptions
+
+    FitOptions.from_kwargs(**options)
+    signal = _read_scan(args.scan, args.lazy)
+    model = signal.fit_neural(
+        formulation=args.formulation,
+        rank=args.rank,
+        variance=args.variance,
+        max_steps=args.max_steps,
+        time_budget=args.time_budget,
+        device=args.device,
+        seed=args.seed,
+        show_progressbar=not args.quiet,
+        resume=args.resume,
+        **options,
+    )
+    path = model.save(args.out, precision=args.precision)
+    if not args.quiet:
+        print(f"{model}\nsaved to {path}")
+        _print_summary(_summary(path))
+    return 0
+
+
+@command(
+    "decode",
+    "decode a model file into a pattern file",
+    [
+        arg("model", help="model file written by fit (or NeuralEBSDModel.save)"),
+        arg(
+            "--out",
+            "-o",
+            required=True,
+            help="pattern file: .h5 (kikuchipy h5ebsd), .hspy or .zspy",
+        ),
+        arg(
+            "--upsample",
+            type=float,
+            default=1.0,
+            metavar="F",
+            help="grid F times finer along x and y (default 1)",
+        ),
+        arg(
+            "--dtype",
+            default="float32",
+            help="float32 (default), float16, uint16, uint8, ... (integers rounded and clipped)",
+        ),
+        arg("--device", default="cpu", help="device to decode on (default cpu)"),
+        arg("--overwrite", action="store_true", help="replace an existing output file"),
+        arg("--quiet", "-q", action="store_true", help="no progress bar"),
+    ],
+)
+def _decode(args: argparse.Namespace) -> int:
+    """Decode a model into patterns on the training grid, or on a grid
+    --upsample times finer, and write them chunk by chunk (memory stays
+    bounded for any map size)."""
+    from pathlib import Path
+
+    import dask.array as da
+    import numpy as np
+
+    from kikuchipy_neural.io.lazy_decoding import load
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    try:
+        dtype = np.dtype(args.dtype)
+    except TypeError:
+        raise CLIError(f"unknown --dtype {args.dtype!r}") from None
+    if dtype.kind not in "fiu":
+        raise CLIError(f"--dtype must be a float or integer type, got {dtype}")
+    signal = load(args.model, lazy=True, device=args.device)
+    if args.upsample != 1:
+        signal = signal.upsample(args.upsample, lazy=True)
+    if dtype != np.float32:
+        data = signal.data
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            data = da.clip(da.round(data), info.min, info.max)
+        signal.data = data.astype(dtype)
+    nav = signal.axes_manager.navigation_shape[::-1]
+    if not args.quiet:
+        print(
+            f"decoding {int(np.prod(nav))} patterns, navigation shape {nav}, to {out}"
+        )
+    from hyperspy.defaults_parser import preferences
+
+    previous = preferences.General.show_progressbar
+    preferences.General.show_progressbar = not args.quiet
+    try:
+        signal.save(str(out), overwrite=True)
+    finally:
+        preferences.General.show_progressbar = previous
+    return 0
+
+
+@command(
+    "info",
+    "describe a model file: size, rank, compression ratio, geometry, training",
+    [
+        arg("model", help="model file"),
+        arg("--json", action="store_true", help="print the summary as JSON"),
+    ],
+)
+def _info(args: argparse.Namespace) -> int:
+    """Print what a model file holds. The compression ratio compares the
+    file with the raw patterns of its training grid in the training data's
+    dtype."""
+    summary = _summary(args.model)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _summary(path) -> dict[str, Any]:
+    from kikuchipy_neural.io.model_file import file_summary
+
+    return file_summary(path)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    field_cfg = s["field"]
+    arch = ", ".join(
+        f"{k}={v}"
+        for k, v in field_cfg.items()
+        if k not in ("formulation", "pattern_shape")
+    )
+    ny, nx = s["scan_shape"]
+    h, w = s["pattern_shape"]
+    t = s["training"]
+    rows = [
+        (
+            "file",
+            f"{s['path']} ({_human_bytes(s['file_bytes'])}, {s['file_bytes']} bytes)",
+        ),
+        (
+            "format",
+            f"version {s['format_version']}, written by kikuchipy-neural {s['package_version']} on {s['created']}",
+        ),
+        ("precision", s["precision"]),
+        ("formulation", f"{s['formulation']} ({arch})"),
+        ("rank", str(s["rank"]) if s["rank"] is not None else "-"),
+        (
+            "parameters",
+            f"{s['n_network_parameters']} network + {s['n_basis_values']} basis values",
+        ),
+        (
+            "compression",
+            f"{s['compression_ratio']:.1f}x smaller than the raw {s['raw_dtype']} patterns "
+            f"({_human_bytes(s['raw_bytes'])})",
+        ),
+        (
+            "scan",
+            f"{ny} x {nx} points"
+            + (" (explicit positions)" if s["scattered"] else "")
+            + f", step {s['step'][0]:g} x {s['step'][1]:g} {s['units']}, origin ({s['origin'][0]:g}, {s['origin'][1]:g})",
+        ),
+        (
+            "patterns",
+            f"{h} x {w} px, intensities {s['intensity_range'][0]:g} .. {s['intensity_range'][1]:g}",
+        ),
+    ]
+    det = s["detector"]
+    if det is not None:
+        rows.append(
+            (
+                "detector",
+                f"{det['shape'][0]} x {det['shape'][1]} px, binning {det['binning']}, px size "
+                f"{det['px_size']:g} um, tilt {det['tilt']:g}, sample tilt {det['sample_tilt']:g}, "
+                f"PC array {tuple(det['pc_shape'])} (Bruker)",
+            )
+        )
+    if s["phases"]:
+        rows.append(("phases", ", ".join(name or "(unnamed)" for name in s["phases"])))
+    if t["steps"] is not None:
+        seconds = f"{t['seconds']:.0f} s" if t["seconds"] is not None else "?"
+        mae = (
+            f"{t['best_val_mae']:.1f} counts" if t["best_val_mae"] is not None else "-"
+        )
+        rows.append(
+            (
+                "training",
+                f"{t['steps']} steps in {seconds}, stopped: {t['stop_reason']}, best validation MAE {mae}",
+            )
+        )
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+@command(
+    "demo",
+    "run the whole pipeline on an embedded synthetic map and write a report",
+    [
+        arg(
+            "--out",
+            "-o",
+            default="kikuchipy-neural-demo",
+            help="report folder (default ./kikuchipy-neural-demo)",
+        ),
+        arg(
+            "--quick",
+            action="store_true",
+            help="a tiny map and network: a smoke test in about a minute",
+        ),
+        arg(
+            "--seed",
+            type=int,
+            default=0,
+            help="seed of the map and the fit (default 0)",
+        ),
+        arg("--quiet", "-q", action="store_true", help="no progress output"),
+    ],
+)
+def _demo(args: argparse.Namespace) -> int:
+    """Simulate a recrystallised-like Ni map (64x64 scan of 60x60 patterns,
+    known truth), fit the factorized field, reconstruct, Hough-index measured
+    and reconstructed patterns, and write figures, a summary table
+    (report.md, report.html, summary.json) and the model file into --out.
+    A few minutes on 2 CPU cores."""
+    from dataclasses import replace
+
+    from kikuchipy_neural.demo import DemoConfig, run_demo
+
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    summary = run_demo(
+        args.out, replace(config, seed=args.seed), progress=not args.quiet
+    )
+    if not args.quiet:
+        width = max(len(k) for k in summary)
+        for key, value in summary.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

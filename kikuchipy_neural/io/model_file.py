@@ -1,0 +1,933 @@
+"""The model file: one HDF5 file per :class:`~kikuchipy_neural.NeuralEBSDModel`.
+
+Layout (format version 1)
+-------------------------
+Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
+(int), ``package_version``, ``precision`` and ``checksum``
+(``"sha256:<hex>"``). Datasets, all at the root:
+
+``header``
+    uint8 bytes of a UTF-8 JSON document: the field's ``config`` (rebuilt
+    with :func:`kikuchipy_neural.fields.build_field`), the scan geometry,
+    the intensity scale, the list of tensors (name, shape, where stored),
+    detector and phases, PCA spectrum scalars, training history, options
+    and info.
+``network``
+    Every parameter of the field except the bases, flattened and
+    concatenated in ``state_dict`` order (float32, or float16).
+``bases``
+    ``(R, n_pixels)`` basis patterns of factorized fields: float32, float16,
+    or uint8 codes with per-basis ``bases_offset`` and ``bases_step``
+    (float32) for 8-bit quantisation.
+``detector_pc``, ``scan_positions``, ``spectrum_eigenvalues``
+    float64 arrays, present when the model has them.
+
+The checksum is a SHA-256 over every dataset in name order: name, dtype,
+shape, then the little-endian bytes.
+
+Safety
+------
+Loading never unpickles or executes anything: JSON is parsed with
+:mod:`json`, arrays are read only from the datasets named above, after their
+dtype, shape and storage (no external files, no virtual datasets, no filter
+other than gzip/shuffle/fletcher32, which would make HDF5 load plugins) have
+been checked against the header, and the header's architecture has been
+built on PyTorch's ``meta`` device (no memory) and checked against size
+limits. Anything unexpected raises ``ValueError`` (content) or ``OSError``
+(unreadable file) naming the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from kikuchipy_neural.geometry import ScanGeometry
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PRECISIONS",
+    "ModelFileError",
+    "file_summary",
+    "load_model",
+    "save_model",
+]
+
+FORMAT_NAME = "kikuchipy-neural model"
+FORMAT_VERSION = 1
+
+#: Storage precisions of :func:`save_model` and what each stores.
+PRECISIONS = {
+    "float32": "network and bases in float32 (bit-exact round trip)",
+    "float16": "network and bases in float16",
+    "int8": "network in float16, bases quantised to 8 bits per value "
+    "(one offset and step per basis)",
+}
+
+# Sanity limits checked before anything is allocated.
+_MAX_HEADER_BYTES = 64 * 1024**2
+_MAX_PARAMETERS = 2**30  # 4 GiB of float32
+_MAX_POINTS = 2**36
+_MAX_PATTERN_PIXELS = 2**24
+_MAX_EIGENVALUES = 2**24
+_MAX_ATOMS = 10_000
+
+_ROOT_ATTRS = {"format", "format_version", "package_version", "precision", "checksum"}
+_BASES = "bases"
+# HDF5 filters that are built into HDF5 itself; any other id would make the
+# library look for (and load) a plugin.
+_ALLOWED_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE,
+    h5py.h5z.FILTER_SHUFFLE,
+    h5py.h5z.FILTER_FLETCHER32,
+}
+# Arrays smaller than this are stored contiguous, without compression.
+_COMPRESS_FROM_BYTES = 4096
+
+
+class ModelFileError(ValueError):
+    """A model file whose content is invalid, inconsistent or corrupted."""
+
+
+# --------------------------------------------------------------------------
+# writing
+
+
+def save_model(
+    model, path: str | os.PathLike, precision: str = "float16", overwrite: bool = True
+) -> Path:
+    """Write ``model`` to one HDF5 file.
+
+    Parameters
+    ----------
+    model
+        A :class:`~kikuchipy_neural.NeuralEBSDModel`.
+    path
+        File to write (conventionally ``.h5``). Written to a temporary file
+        beside it first and renamed, so an interrupted save never leaves a
+        truncated model behind.
+    precision
+        ``"float32"`` (bit-exact), ``"float16"`` or ``"int8"``; see
+        :data:`PRECISIONS`.
+    overwrite
+        Replace an existing file; False raises ``FileExistsError``.
+
+    Returns
+    -------
+    path
+        The path written.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}"
+        )
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    arrays, header = _encode(model, precision)
+    arrays["header"] = np.frombuffer(
+        json.dumps(header, allow_nan=True, separators=(",", ":")).encode("utf-8"),
+        np.uint8,
+    )
+    from kikuchipy_neural import __version__
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+            f.attrs["package_version"] = str(__version__)
+            f.attrs["precision"] = precision
+            f.attrs["checksum"] = _checksum(arrays)
+            for name in sorted(arrays):
+                data = arrays[name]
+                if data.nbytes >= _COMPRESS_FROM_BYTES:
+                    f.create_dataset(
+                        name,
+                        data=data,
+                        compression="gzip",
+                        compression_opts=9,
+                        shuffle=True,
+                    )
+                else:
+                    f.create_dataset(name, data=data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The model as named little-endian arrays and a JSON-able header."""
+    state = {
+        k: v.detach().to("cpu", torch.float32)
+        for k, v in model.field.state_dict().items()
+    }
+    net_dtype = np.dtype("<f4") if precision == "float32" else np.dtype("<f2")
+    tensors, network, offset = [], [], 0
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        entry = {"name": name, "shape": list(value.shape)}
+        if name == _BASES and value.ndim == 2:
+            entry["dataset"] = _BASES
+            arrays.update(_encode_bases(value.numpy(), precision))
+        else:
+            entry.update(dataset="network", offset=offset)
+            network.append(value.numpy().ravel())
+            offset += value.numel()
+        tensors.append(entry)
+    arrays["network"] = (
+        np.concatenate(network) if network else np.zeros(0, np.float32)
+    ).astype(net_dtype)
+
+    geometry = model.geometry.to_dict()
+    positions = geometry.pop("positions", None)
+    if positions is not None:
+        arrays["scan_positions"] = np.asarray(positions, "<f8").reshape(-1, 2)
+    header: dict[str, Any] = {
+        "field": _plain(model.field.config),
+        "geometry": _plain(geometry),
+        "scan_positions": positions is not None,
+        "intensity_range": [float(v) for v in model.intensity_range],
+        "tensors": tensors,
+        "network_dtype": net_dtype.str,
+        "detector": None,
+        "phases": None,
+        "spectrum": None,
+        "history": _plain(model.history),
+        "options": _plain(model.options),
+        "info": _plain({k: v for k, v in model.info.items() if k != "model_file"}),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if model.detector is not None:
+        header["detector"], arrays["detector_pc"] = _encode_detector(model.detector)
+    if model.phases is not None:
+        header["phases"] = _encode_phases(model.phases)
+    if model.spectrum is not None:
+        d = model.spectrum.to_dict()
+        arrays["spectrum_eigenvalues"] = np.asarray(d.pop("eigenvalues"), "<f8").ravel()
+        header["spectrum"] = _plain(
+            {**d, "n_eigenvalues": arrays["spectrum_eigenvalues"].size}
+        )
+    return arrays, header
+
+
+def _encode_bases(bases: np.ndarray, precision: str) -> dict[str, np.ndarray]:
+    if precision == "float32":
+        return {_BASES: bases.astype("<f4")}
+    if precision == "float16":
+        return {_BASES: bases.astype("<f2")}
+    # 8 bits per value, affine per basis: each basis has its own dynamic range
+    # (the mean pattern's is far larger than a high-order component's).
+    lo = bases.min(axis=1)
+    step = (bases.max(axis=1) - lo) / 255.0
+    step = np.where(step > 0, step, 1.0).astype(np.float32)
+    codes = np.rint((bases - lo[:, None]) / step[:, None])
+    return {
+        _BASES: np.clip(codes, 0, 255).astype(np.uint8),
+        "bases_offset": lo.astype("<f4"),
+        "bases_step": step.astype("<f4"),
+    }
+
+
+def _encode_detector(detector) -> tuple[dict[str, Any], np.ndarray]:
+    pc = np.asarray(detector.pc, np.float64)
+    flat = pc.reshape(-1, 3)
+    # One PC for the whole scan is the common case: do not store it per point.
+    if len(flat) > 1 and np.all(flat == flat[:1]):
+        pc = flat[0]
+    meta = {
+        "shape": [int(v) for v in detector.shape],
+        "px_size": float(detector.px_size),
+        "binning": int(detector.binning),
+        "tilt": float(detector.tilt),
+        "azimuthal": float(detector.azimuthal),
+        "twist": float(detector.twist),
+        "sample_tilt": float(detector.sample_tilt),
+        "convention": "bruker",
+        "pc_shape": list(pc.shape),
+    }
+    return meta, np.ascontiguousarray(pc, "<f8")
+
+
+def _encode_phases(phases) -> list[dict[str, Any]]:
+    out = []
+    for phase_id, phase in phases:
+        entry: dict[str, Any] = {
+            "id": int(phase_id),
+            "name": str(phase.name),
+            "space_group": None
+            if phase.space_group is None
+            else int(phase.space_group.number),
+            "point_group": None
+            if phase.point_group is None
+            else str(phase.point_group.name),
+            "color": str(phase.color),
+            "structure": None,
+        }
+        structure = getattr(phase, "structure", None)
+        if structure is not None and len(structure) > 0:
+            entry["structure"] = {
+                "lattice": [float(v) for v in structure.lattice.abcABG()],
+                "atoms": [
+                    [
+                        # kikuchipy's master patterns name elements by atomic number
+                        int(atom.element)
+                        if isinstance(atom.element, int | np.integer)
+                        else str(atom.element),
+                        *(float(v) for v in atom.xyz),
+                        float(atom.occupancy),
+                        float(atom.Uisoequiv),
+                    ]
+                    for atom in structure
+                ],
+            }
+        out.append(entry)
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """Convert to JSON types (numpy scalars and arrays, tuples, paths)."""
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [
+            _plain(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)
+        ]
+    if isinstance(obj, os.PathLike | torch.device):
+        return str(obj)
+    raise TypeError(
+        f"Cannot store a value of type {type(obj).__name__} in a model file: {obj!r}"
+    )
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = arrays[name]
+        a = np.ascontiguousarray(a, a.dtype.newbyteorder("<"))
+        digest.update(f"{name}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
+        digest.update(a.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# reading
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu"):
+    """Read a model written by :meth:`NeuralEBSDModel.save`.
+
+    Parameters
+    ----------
+    path
+        The model file.
+    device
+        Device to put the field on (default CPU).
+
+    Returns
+    -------
+    model
+        :class:`~kikuchipy_neural.NeuralEBSDModel` with float32 parameters
+        (lower precisions are converted back). ``model.info["model_file"]``
+        records the file's path, precision and versions.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    OSError
+        Not an HDF5 file, or data that HDF5 cannot read (corruption).
+    ValueError
+        Not a model file, an unsupported format version, or content that is
+        inconsistent, too large or altered (checksum mismatch).
+    """
+    from kikuchipy_neural.fields import build_field
+    from kikuchipy_neural.model import NeuralEBSDModel
+    from kikuchipy_neural.training.preprocessing import Spectrum
+
+    content = _read_verified(path)
+    header, arrays = content.header, content.arrays
+    try:
+        field = build_field(header["field"])
+        state = {}
+        for entry, value in zip(
+            header["tensors"], _decode_tensors(header, arrays), strict=True
+        ):
+            state[entry["name"]] = torch.from_numpy(value)
+        field.load_state_dict(state, strict=True)
+        spectrum = None
+        if header["spectrum"] is not None:
+            spectrum = Spectrum.from_dict(
+                {**header["spectrum"], "eigenvalues": arrays["spectrum_eigenvalues"]}
+            )
+        detector = _decode_detector(header["detector"], arrays.get("detector_pc"))
+        phases = _decode_phases(header["phases"])
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
+        if isinstance(err, ModelFileError):
+            raise
+        raise ModelFileError(
+            f"{path}: the model file's content is inconsistent: {err}"
+        ) from None
+    info = dict(header["info"])
+    info["model_file"] = {
+        "path": str(Path(path)),
+        "precision": content.precision,
+        "format_version": content.format_version,
+        "package_version": content.package_version,
+        "created": header.get("created"),
+    }
+    model = NeuralEBSDModel(
+        field,
+        content.geometry,
+        tuple(header["intensity_range"]),
+        detector=detector,
+        history=header["history"],
+        spectrum=spectrum,
+        options=header["options"],
+        info=info,
+        phases=phases,
+    )
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def file_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Sizes, architecture, geometry and training facts of a model file.
+
+    The file is fully verified (as by :func:`load_model`) but no network is
+    built. The compression ratio compares the file with the raw patterns of
+    the training grid in the training data's dtype (``info["data_dtype"]``,
+    uint16 when unknown).
+
+    Returns
+    -------
+    summary
+        Plain dict (JSON-able).
+    """
+    content = _read_verified(path)
+    header, arrays = content.header, content.arrays
+    g = content.geometry
+    file_bytes = os.path.getsize(path)
+    dtype_name = header["info"].get("data_dtype") or "uint16"
+    try:
+        itemsize = np.dtype(dtype_name).itemsize
+    except TypeError:
+        dtype_name, itemsize = "uint16", 2
+    raw_bytes = g.n_points * g.n_pixels * itemsize
+    n_net = int(arrays["network"].size)
+    n_bases = int(arrays[_BASES].size) if _BASES in arrays else 0
+    history = header["history"] or {}
+    val_mae = [
+        v for v in history.get("val_mae", []) if v is not None and math.isfinite(v)
+    ]
+    info = header["info"]
+    return {
+        "path": str(path),
+        "format_version": content.format_version,
+        "package_version": content.package_version,
+        "created": header.get("created"),
+        "precision": content.precision,
+        "formulation": header["field"].get("formulation"),
+        "rank": header["field"].get("rank"),
+        "field": header["field"],
+        "n_network_parameters": n_net,
+        "n_basis_values": n_bases,
+        "file_bytes": int(file_bytes),
+        "array_bytes": {k: int(v.nbytes) for k, v in arrays.items() if k != "header"},
+        "header_bytes": int(arrays["header"].nbytes),
+        "raw_dtype": dtype_name,
+        "raw_bytes": int(raw_bytes),
+        "compression_ratio": raw_bytes / file_bytes,
+        "scan_shape": [g.ny, g.nx],
+        "scattered": bool(g.scattered),
+        "step": [g.dx, g.dy],
+        "origin": [g.x0, g.y0],
+        "units": g.units,
+        "pattern_shape": list(g.pattern_shape),
+        "intensity_range": header["intensity_range"],
+        "detector": header["detector"],
+        "phases": [p["name"] for p in header["phases"]] if header["phases"] else [],
+        "training": {
+            "steps": info.get("steps"),
+            "seconds": info.get("seconds"),
+            "stop_reason": info.get("stop_reason"),
+            "best_val_mae": min(val_mae) if val_mae else None,
+            "n_train_points": info.get("n_train_points"),
+            "n_evaluations": len(history.get("step", [])),
+        },
+    }
+
+
+class _Content:
+    """Verified content of a model file."""
+
+    def __init__(
+        self, header, arrays, geometry, precision, format_version, package_version
+    ):
+        self.header = header
+        self.arrays = arrays
+        self.geometry = geometry
+        self.precision = precision
+        self.format_version = format_version
+        self.package_version = package_version
+
+
+def _read_verified(path: str | os.PathLike) -> _Content:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No model file at {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise OSError(
+            f"{path} is not a readable HDF5 file (corrupted or not HDF5): {err}"
+        ) from None
+    try:
+        with f:
+            return _read_open(f, path)
+    except OSError as err:
+        raise OSError(
+            f"{path}: HDF5 could not read the file (it is corrupted): {err}"
+        ) from None
+
+
+def _read_open(f: h5py.File, path: Path) -> _Content:
+    attrs = _root_attributes(f, path)
+    precision = attrs["precision"]
+    members = _check_members(f, path)
+    raw_header = _read_dataset(f, "header", np.dtype("u1"), None, path)
+    header = _parse_header(raw_header, path)
+    geometry = _check_header(header, path)
+    expected = _expected_arrays(header, precision, geometry, path)
+    missing = sorted(set(expected) - members)
+    extra = sorted(members - set(expected) - {"header"})
+    if missing:
+        raise ModelFileError(
+            f"{path}: dataset(s) {missing} are missing from the model file"
+        )
+    if extra:
+        raise ModelFileError(
+            f"{path}: unexpected dataset(s) {extra} in the model file; refusing to load "
+            "a file with content this format does not define"
+        )
+    arrays = {"header": raw_header}
+    for name, (dtype, shape) in expected.items():
+        arrays[name] = _read_dataset(f, name, dtype, shape, path)
+    if _checksum(arrays) != attrs["checksum"]:
+        raise ModelFileError(
+            f"{path}: checksum mismatch, the file's arrays were altered or corrupted "
+            f"after it was written (stored {attrs['checksum']}, computed {_checksum(arrays)})"
+        )
+    if "scan_positions" in arrays:
+        positions = arrays["scan_positions"]
+        if not np.all(np.isfinite(positions)):
+            raise ModelFileError(
+                f"{path}: the scan positions contain NaN or infinite values"
+            )
+        geometry = ScanGeometry.from_dict(
+            {**geometry.to_dict(), "positions": positions}
+        )
+    return _Content(
+        header,
+        arrays,
+        geometry,
+        precision,
+        attrs["format_version"],
+        attrs["package_version"],
+    )
+
+
+def _root_attributes(f: h5py.File, path: Path) -> dict[str, Any]:
+    names = set(f.attrs.keys())
+    if "format" not in names or _attr_str(f, "format", path) != FORMAT_NAME:
+        raise ModelFileError(
+            f"{path} is not a kikuchipy-neural model file (no 'format' attribute)"
+        )
+    if "format_version" not in names:
+        raise ModelFileError(f"{path}: the model file has no format version")
+    version = f.attrs["format_version"]
+    if not isinstance(version, int | np.integer) or isinstance(version, bool):
+        raise ModelFileError(
+            f"{path}: the format version is not an integer: {version!r}"
+        )
+    version = int(version)
+    if version < FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} uses model-file format version {version}, an old format this "
+            f"version of kikuchipy-neural (format {FORMAT_VERSION}) no longer reads; load "
+            "it with the kikuchipy-neural release that wrote it and save it again, or refit."
+        )
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} uses model-file format version {version}, newer than this "
+            f"kikuchipy-neural reads (format {FORMAT_VERSION}); upgrade kikuchipy-neural."
+        )
+    extra = sorted(names - _ROOT_ATTRS)
+    if extra:
+        raise ModelFileError(
+            f"{path}: unexpected attribute(s) {extra} on the model file"
+        )
+    out = {"format_version": version}
+    for name in ("package_version", "precision", "checksum"):
+        if name not in names:
+            raise ModelFileError(
+                f"{path}: attribute {name!r} is missing from the model file"
+            )
+        out[name] = _attr_str(f, name, path)
+    if out["precision"] not in PRECISIONS:
+        raise ModelFileError(f"{path}: unknown precision {out['precision']!r}")
+    if not out["checksum"].startswith("sha256:"):
+        raise ModelFileError(f"{path}: unknown checksum {out['checksum']!r}")
+    return out
+
+
+def _attr_str(f: h5py.File, name: str, path: Path) -> str:
+    value = f.attrs[name]
+    if isinstance(value, bytes | np.bytes_):
+        value = bytes(value).decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise ModelFileError(
+            f"{path}: attribute {name!r} is not a string: {type(value).__name__}"
+        )
+    return value
+
+
+def _check_members(f: h5py.File, path: Path) -> set[str]:
+    names = set()
+    for name in f.keys():
+        link = f.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise ModelFileError(
+                f"{path}: {name!r} is a {type(link).__name__}; model files hold no links"
+            )
+        if not isinstance(f[name], h5py.Dataset):
+            raise ModelFileError(
+                f"{path}: {name!r} is not a dataset; model files hold no groups"
+            )
+        names.add(name)
+    if "header" not in names:
+        raise ModelFileError(f"{path}: dataset 'header' is missing from the model file")
+    return names
+
+
+def _read_dataset(
+    f: h5py.File, name: str, dtype: np.dtype, shape, path: Path
+) -> np.ndarray:
+    ds = f[name]
+    if ds.attrs.keys():
+        raise ModelFileError(
+            f"{path}: unexpected attribute(s) {list(ds.attrs)} on dataset {name!r}"
+        )
+    if ds.dtype != dtype:
+        raise ModelFileError(
+            f"{path}: dataset {name!r} has dtype {ds.dtype}, expected {dtype} (a crafted "
+            "or corrupted file; object, string and reference dtypes are never read)"
+        )
+    if shape is None:  # the header: a bounded byte string
+        if ds.ndim != 1 or ds.shape[0] > _MAX_HEADER_BYTES:
+            raise ModelFileError(
+                f"{path}: dataset 'header' has shape {ds.shape}; expected a byte string "
+                f"of at most {_MAX_HEADER_BYTES} bytes"
+            )
+    elif tuple(ds.shape) != tuple(shape):
+        raise ModelFileError(
+            f"{path}: dataset {name!r} has shape {ds.shape}, but the header declares {tuple(shape)}"
+        )
+    if ds.is_virtual or ds.external:
+        raise ModelFileError(
+            f"{path}: dataset {name!r} refers to data outside the file"
+        )
+    plist = ds.id.get_create_plist()
+    for k in range(plist.get_nfilters()):
+        code = plist.get_filter(k)[0]
+        if code not in _ALLOWED_FILTERS:
+            raise ModelFileError(
+                f"{path}: dataset {name!r} uses HDF5 filter {code}, which would need a plugin; "
+                "model files use gzip and shuffle only"
+            )
+    return np.ascontiguousarray(ds[()])
+
+
+def _parse_header(raw: np.ndarray, path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ModelFileError(
+            f"{path}: the header is not valid JSON (corrupted?): {err}"
+        ) from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: the header is not a JSON object")
+    return header
+
+
+def _need(d: dict, key: str, types, path: Path, where: str = "header"):
+    if key not in d:
+        raise ModelFileError(f"{path}: {where} has no {key!r}")
+    value = d[key]
+    if not isinstance(value, types) or (
+        isinstance(value, bool) and bool not in _as_tuple(types)
+    ):
+        raise ModelFileError(
+            f"{path}: {where}[{key!r}] has the wrong type: {value!r:.80}"
+        )
+    return value
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _check_header(header: dict, path: Path) -> ScanGeometry:
+    """Validate the header's structure and the sizes it declares."""
+    field_cfg = _need(header, "field", dict, path)
+    _need(field_cfg, "formulation", str, path, "header['field']")
+    g = _need(header, "geometry", dict, path)
+    for key in ("nx", "ny"):
+        n = _need(g, key, int, path, "header['geometry']")
+        if not 1 <= n <= _MAX_POINTS:
+            raise ModelFileError(
+                f"{path}: the geometry declares {key}={n}, outside [1, {_MAX_POINTS}]"
+            )
+    if g["nx"] * g["ny"] > _MAX_POINTS:
+        raise ModelFileError(
+            f"{path}: the geometry declares {g['nx'] * g['ny']} scan points"
+        )
+    for key in ("x0", "y0", "dx", "dy"):
+        v = _need(g, key, int | float, path, "header['geometry']")
+        if not math.isfinite(v) or (key in ("dx", "dy") and v == 0):
+            raise ModelFileError(f"{path}: the geometry has an invalid {key}={v}")
+    _need(g, "units", str, path, "header['geometry']")
+    shape = _need(g, "pattern_shape", list, path, "header['geometry']")
+    if (
+        len(shape) != 2
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape
+        )
+        or shape[0] * shape[1] > _MAX_PATTERN_PIXELS
+    ):
+        raise ModelFileError(
+            f"{path}: the geometry declares an invalid pattern shape {shape}"
+        )
+    unknown = set(g) - {"nx", "ny", "x0", "y0", "dx", "dy", "units", "pattern_shape"}
+    if unknown:
+        raise ModelFileError(f"{path}: unknown geometry field(s) {sorted(unknown)}")
+    scattered = _need(header, "scan_positions", bool, path)
+    if scattered and g["ny"] != 1:
+        raise ModelFileError(
+            f"{path}: explicit scan positions need ny = 1, got {g['ny']}"
+        )
+    lo_hi = _need(header, "intensity_range", list, path)
+    if len(lo_hi) != 2 or not all(
+        isinstance(v, int | float) and math.isfinite(v) for v in lo_hi
+    ):
+        raise ModelFileError(f"{path}: invalid intensity range {lo_hi!r:.80}")
+    tensors = _need(header, "tensors", list, path)
+    for entry in tensors:
+        if not isinstance(entry, dict):
+            raise ModelFileError(f"{path}: invalid tensor entry {entry!r:.80}")
+        _need(entry, "name", str, path, "a tensor entry")
+        dims = _need(entry, "shape", list, path, "a tensor entry")
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v for v in dims
+        ):
+            raise ModelFileError(
+                f"{path}: tensor {entry['name']!r} has an invalid shape {dims!r:.80}"
+            )
+        where = _need(entry, "dataset", str, path, "a tensor entry")
+        if where == "network":
+            _need(entry, "offset", int, path, "a tensor entry")
+        elif where != _BASES:
+            raise ModelFileError(
+                f"{path}: tensor {entry['name']!r} is stored in unknown {where!r}"
+            )
+    if _need(header, "network_dtype", str, path) not in ("<f4", "<f2"):
+        raise ModelFileError(
+            f"{path}: unknown network dtype {header['network_dtype']!r}"
+        )
+    for key in ("history", "options", "info"):
+        _need(header, key, dict, path)
+    for key in ("detector", "spectrum"):
+        _need(header, key, dict | type(None), path)
+    _need(header, "phases", list | type(None), path)
+    geometry_dict = {**g, "pattern_shape": tuple(shape)}
+    try:
+        return ScanGeometry.from_dict(geometry_dict)
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: invalid scan geometry: {err}") from None
+
+
+def _architecture_shapes(config: dict, path: Path) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the architecture in ``config``, built without memory."""
+    from kikuchipy_neural.fields import build_field
+
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            field = build_field(config)
+    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as err:
+        raise ModelFileError(
+            f"{path}: the field configuration cannot be built: {err}"
+        ) from None
+    shapes = {k: tuple(v.shape) for k, v in field.state_dict().items()}
+    total = sum(math.prod(s) for s in shapes.values())
+    if total > _MAX_PARAMETERS:
+        raise ModelFileError(
+            f"{path}: the field configuration declares {total:.3g} parameters, more than "
+            f"the limit of {_MAX_PARAMETERS:.3g}; refusing to allocate it"
+        )
+    return shapes
+
+
+def _expected_arrays(header: dict, precision: str, geometry: ScanGeometry, path: Path):
+    """``{dataset: (dtype, shape)}`` that the header implies, sizes checked."""
+    shapes = _architecture_shapes(header["field"], path)
+    field_shape = header["field"].get("pattern_shape")
+    if field_shape is not None and tuple(field_shape) != tuple(geometry.pattern_shape):
+        raise ModelFileError(
+            f"{path}: the field's pattern shape {tuple(field_shape)} differs from the "
+            f"scan's {geometry.pattern_shape}"
+        )
+    declared = {e["name"]: tuple(e["shape"]) for e in header["tensors"]}
+    if declared != shapes:
+        raise ModelFileError(
+            f"{path}: the stored tensors do not match the architecture in the header "
+            f"(stored {sorted(declared.items())[:4]}..., architecture "
+            f"{sorted(shapes.items())[:4]}...)"
+        )
+    net_dtype = np.dtype(header["network_dtype"])
+    if (net_dtype == np.dtype("<f4")) != (precision == "float32"):
+        raise ModelFileError(
+            f"{path}: network dtype {net_dtype} does not match precision {precision}"
+        )
+    n_net, offset = 0, 0
+    expected: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+    for entry in header["tensors"]:
+        size = math.prod(entry["shape"])
+        if entry["dataset"] == "network":
+            if entry["offset"] != offset:
+                raise ModelFileError(
+                    f"{path}: tensor {entry['name']!r} has offset {entry['offset']}, expected {offset}"
+                )
+            offset += size
+            n_net += size
+        else:
+            if len(entry["shape"]) != 2:
+                raise ModelFileError(
+                    f"{path}: the bases must be 2D, got {entry['shape']}"
+                )
+            rank = entry["shape"][0]
+            dtype = {"float32": "<f4", "float16": "<f2", "int8": "u1"}[precision]
+            expected[_BASES] = (np.dtype(dtype), tuple(entry["shape"]))
+            if precision == "int8":
+                expected["bases_offset"] = (np.dtype("<f4"), (rank,))
+                expected["bases_step"] = (np.dtype("<f4"), (rank,))
+    expected["network"] = (net_dtype, (n_net,))
+    if header["scan_positions"]:
+        expected["scan_positions"] = (np.dtype("<f8"), (geometry.nx, 2))
+    det = header["detector"]
+    if det is not None:
+        pc_shape = _need(det, "pc_shape", list, path, "header['detector']")
+        if (
+            not 1 <= len(pc_shape) <= 3
+            or pc_shape[-1:] != [3]
+            or not all(isinstance(v, int) and v >= 1 for v in pc_shape)
+            or math.prod(pc_shape) > 3 * geometry.n_points
+        ):
+            raise ModelFileError(f"{path}: invalid detector PC shape {pc_shape!r:.80}")
+        expected["detector_pc"] = (np.dtype("<f8"), tuple(pc_shape))
+    spec = header["spectrum"]
+    if spec is not None:
+        n = _need(spec, "n_eigenvalues", int, path, "header['spectrum']")
+        if not 0 <= n <= min(geometry.n_pixels, _MAX_EIGENVALUES):
+            raise ModelFileError(f"{path}: the spectrum declares {n} eigenvalues")
+        expected["spectrum_eigenvalues"] = (np.dtype("<f8"), (n,))
+    return expected
+
+
+def _decode_tensors(header: dict, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    network = arrays["network"].astype(np.float32)
+    out = []
+    for entry in header["tensors"]:
+        shape = tuple(entry["shape"])
+        if entry["dataset"] == "network":
+            size = math.prod(shape)
+            out.append(
+                network[entry["offset"] : entry["offset"] + size].reshape(shape).copy()
+            )
+        elif arrays[_BASES].dtype == np.uint8:
+            codes = arrays[_BASES].astype(np.float32)
+            out.append(
+                arrays["bases_offset"][:, None] + codes * arrays["bases_step"][:, None]
+            )
+        else:
+            out.append(arrays[_BASES].astype(np.float32))
+    return out
+
+
+def _decode_detector(meta: dict | None, pc: np.ndarray | None):
+    if meta is None:
+        return None
+    from kikuchipy.detectors import EBSDDetector
+
+    return EBSDDetector(
+        shape=tuple(int(v) for v in meta["shape"]),
+        px_size=float(meta["px_size"]),
+        binning=int(meta["binning"]),
+        tilt=float(meta["tilt"]),
+        azimuthal=float(meta["azimuthal"]),
+        twist=float(meta["twist"]),
+        sample_tilt=float(meta["sample_tilt"]),
+        pc=pc,
+        convention="bruker",
+    )
+
+
+def _decode_phases(entries: list | None):
+    if not entries:
+        return None
+    from diffpy.structure import Atom, Lattice, Structure
+    from orix.crystal_map import Phase, PhaseList
+
+    phases, ids = [], []
+    for e in entries[:_MAX_ATOMS]:
+        structure = None
+        if e.get("structure"):
+            atoms = [
+                Atom(a[0], xyz=a[1:4], occupancy=a[4], Uisoequiv=a[5])
+                for a in e["structure"]["atoms"][:_MAX_ATOMS]
+            ]
+            structure = Structure(
+                atoms=atoms, lattice=Lattice(*e["structure"]["lattice"])
+            )
+        phases.append(
+            Phase(
+                name=e["name"],
+                space_group=e.get("space_group"),
+                point_group=None if e.get("space_group") else e.get("point_group"),
+                structure=structure,
+                color=e.get("color"),
+            )
+        )
+        ids.append(int(e["id"]))
+    return PhaseList(phases=phases, ids=ids)

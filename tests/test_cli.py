@@ -1,0 +1,163 @@
+"""Tests of the ``kikuchipy-neural`` command line (fit, decode, info)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kikuchipy_neural import cli
+
+
+@pytest.fixture(scope="module")
+def model_path(small_model, tmp_path_factory):
+    return small_model.save(
+        tmp_path_factory.mktemp("cli") / "model.h5", precision="float32"
+    )
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("fit", "decode", "info"):
+        assert re.search(rf"^\s+{name}\s", out, re.MULTILINE), name
+    assert cli.main([]) == 2
+
+
+def test_a_subcommand_is_one_registered_function(capsys):
+    @cli.command("echo-test", "print an argument", [cli.arg("word")])
+    def _echo(args):
+        print(args.word.upper())
+        return 0
+
+    try:
+        assert cli.main(["echo-test", "kikuchi"]) == 0
+        assert capsys.readouterr().out.strip() == "KIKUCHI"
+    finally:
+        del cli.COMMANDS["echo-test"]
+
+
+def test_info_prints_the_compression_ratio(model_path, capsys):
+    assert cli.main(["info", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    # 12 x 12 points of 40 x 40 uint16 patterns = 460800 bytes.
+    ratio = 12 * 12 * 40 * 40 * 2 / model_path.stat().st_size
+    assert f"{ratio:.1f}x smaller than the raw uint16 patterns" in out
+    assert "12 x 12 points" in out and "40 x 40 px" in out
+    assert "precision    float32" in out
+    assert cli.main(["info", str(model_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["raw_bytes"] == 460800
+    assert summary["file_bytes"] == model_path.stat().st_size
+
+
+def test_info_of_a_corrupted_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an hdf5 file at all")
+    assert cli.main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable HDF5 file" in err and "Traceback" not in err
+
+
+def test_decode_upsampled_to_h5ebsd(small_model, model_path, tmp_path, capsys):
+    import kikuchipy as kp
+
+    out = tmp_path / "patterns.h5"
+    args = ["decode", str(model_path), "--out", str(out), "--upsample", "2", "-q"]
+    assert cli.main(args) == 0
+    s = kp.load(out)
+    assert s.axes_manager.navigation_shape == (23, 23)
+    assert [a.scale for a in s.axes_manager.navigation_axes] == [0.5, 0.5]
+    expected = small_model.query(small_model.geometry.grid_xy(2))
+    np.testing.assert_allclose(s.data, expected, rtol=1e-6, atol=1e-2)
+    # No silent overwrite.
+    assert cli.main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    # Integer output: rounded counts.
+    assert (
+        cli.main(
+            [
+                "decode",
+                str(model_path),
+                "--out",
+                str(tmp_path / "u16.h5"),
+                "--dtype",
+                "uint16",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    u16 = kp.load(tmp_path / "u16.h5")
+    assert u16.data.dtype == np.uint16
+    np.testing.assert_array_equal(
+        u16.data, np.clip(np.round(small_model.reconstruct()), 0, 65535)
+    )
+
+
+def test_fit_from_a_pattern_file(small_map, tmp_path, capsys):
+    from kikuchipy_neural import load_model
+
+    scan = tmp_path / "scan.h5"
+    small_map.save(scan)
+    out = tmp_path / "fitted.h5"
+    code = cli.main(
+        [
+            "fit", str(scan), "--out", str(out), "--rank", "3", "--max-steps", "15",
+            "--precision", "int8", "--option", "siren_width=16", "--option", "siren_layers=2",
+            "--option", "eval_every=5", "--option", "band_fraction_range=(0.1, 0.4)",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "saved to" in captured.out and "compression" in captured.out
+    assert "fit_neural" in captured.err  # the progress bar
+    model = load_model(out)
+    assert model.rank == 3
+    assert model.field.config["width"] == 16
+    assert model.options["band_fraction_range"] == [0.1, 0.4]
+    assert model.info["steps"] == 15
+    assert model.info["model_file"]["precision"] == "int8"
+
+
+def test_fit_rejects_unknown_options_before_reading(tmp_path, capsys):
+    code = cli.main(
+        [
+            "fit",
+            str(tmp_path / "missing.h5"),
+            "--out",
+            "m.h5",
+            "--option",
+            "siren_wdth=8",
+        ]
+    )
+    assert code == 1
+    assert "did you mean 'siren_width'" in capsys.readouterr().err
+    assert cli.main(["fit", "x.h5", "--out", "m.h5", "--option", "novalue"]) == 2
+    assert cli.main(["fit", "x.h5", "--out", "m.h5", "--precision", "int4"]) == 2
+
+
+def test_parse_option():
+    assert cli.parse_option("siren_width=128") == ("siren_width", 128)
+    assert cli.parse_option("lr=1e-3") == ("lr", 1e-3)
+    assert cli.parse_option("sampler=coordinates") == ("sampler", "coordinates")
+    assert cli.parse_option("pixels-per-position=None") == ("pixels_per_position", None)
+    # Literals only: nothing is evaluated.
+    assert cli.parse_option("x=__import__('os')") == ("x", "__import__('os')")
+
+
+def test_cli_runs_as_a_module():
+    result = subprocess.run(
+        [sys.executable, "-m", "kikuchipy_neural.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("kikuchipy-neural ")

@@ -1,0 +1,453 @@
+"""Tests of the model file (kikuchipy_neural.io.model_file) and lazy decoding.
+
+Every test reuses the session's ``small_model`` (12x12 scan of 40x40
+patterns); corruption cases each damage a freshly saved copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import kikuchipy_neural as kn
+from kikuchipy_neural.io import model_file
+from kikuchipy_neural.io.model_file import ModelFileError, file_summary, load_model
+
+
+@pytest.fixture()
+def saved(small_model, tmp_path):
+    """Path of ``small_model`` saved at float32."""
+    return small_model.save(tmp_path / "model.h5", precision="float32")
+
+
+def _state(model):
+    return {k: v.detach().cpu().numpy() for k, v in model.field.state_dict().items()}
+
+
+# --------------------------------------------------------------- round trip
+
+
+def test_float32_round_trip_is_bit_exact(small_model, saved):
+    loaded = load_model(saved)
+    a, b = _state(small_model), _state(loaded)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype == np.float32
+        np.testing.assert_array_equal(a[key], b[key])
+    np.testing.assert_array_equal(loaded.reconstruct(), small_model.reconstruct())
+    assert loaded.geometry == small_model.geometry
+    assert loaded.intensity_range == small_model.intensity_range
+    assert loaded.field.config == small_model.field.config
+    np.testing.assert_equal(loaded.history, small_model.history)  # NaN == NaN here
+    assert loaded.options == json.loads(json.dumps(small_model.options))
+    assert {
+        k: v for k, v in loaded.info.items() if k != "model_file"
+    } == small_model.info
+    assert loaded.info["model_file"]["precision"] == "float32"
+    np.testing.assert_array_equal(
+        loaded.spectrum.eigenvalues, small_model.spectrum.eigenvalues
+    )
+    assert loaded.spectrum.noise_variance == small_model.spectrum.noise_variance
+    assert loaded.rank == small_model.rank
+
+
+def test_detector_and_phases_round_trip(small_model, saved):
+    loaded = load_model(saved)
+    d0, d1 = small_model.detector, loaded.detector
+    assert d1.shape == d0.shape
+    for name in ("px_size", "binning", "tilt", "azimuthal", "twist", "sample_tilt"):
+        assert getattr(d1, name) == getattr(d0, name), name
+    np.testing.assert_array_equal(d1.pc_average, d0.pc_average)
+    p0, p1 = small_model.phases, loaded.phases
+    assert p1.ids == p0.ids
+    for (_, a), (_, b) in zip(p0, p1, strict=True):
+        assert b.name == a.name
+        assert b.space_group.number == a.space_group.number
+        assert b.point_group.name == a.point_group.name
+        assert b.color == a.color
+        np.testing.assert_allclose(
+            b.structure.lattice.abcABG(), a.structure.lattice.abcABG()
+        )
+        assert [str(x.element) for x in b.structure] == [
+            str(x.element) for x in a.structure
+        ]
+
+
+def test_per_point_pattern_centres_are_kept(small_model, tmp_path):
+    import copy
+
+    model = copy.deepcopy(small_model)
+    ny, nx = model.geometry.nav_shape
+    pc = np.zeros((ny, nx, 3))
+    pc[..., 0] = 0.5 + 0.001 * np.arange(nx)[None, :]
+    pc[..., 1] = 0.3 + 0.002 * np.arange(ny)[:, None]
+    pc[..., 2] = 0.55
+    model.detector.pc = pc
+    loaded = load_model(model.save(tmp_path / "pc.h5"))
+    np.testing.assert_array_equal(loaded.detector.pc, pc)
+
+
+def test_explicit_scan_positions_round_trip(small_model, tmp_path):
+    import copy
+    import dataclasses
+
+    from kikuchipy_neural.geometry import ScanGeometry
+
+    model = copy.deepcopy(small_model)
+    g = model.geometry
+    # A hexagonal-like list of 144 points inside the same area.
+    xy = g.grid_xy().reshape(-1, 2).copy()
+    xy[1::2, 0] = np.minimum(xy[1::2, 0] + 0.5 * g.dx, g.x_range[1])
+    line = dataclasses.replace(g, nx=g.n_points, ny=1, positions=None)
+    model.geometry = ScanGeometry.with_positions(line, xy)
+    model.detector = None  # one PC per grid point would not match the list
+    path = model.save(tmp_path / "hex.h5", precision="float32")
+    loaded = load_model(path)
+    assert loaded.geometry == model.geometry and loaded.geometry.scattered
+    s = kn.load(path)
+    assert s.axes_manager.navigation_shape == (g.n_points,)
+    np.testing.assert_array_equal(s.data.compute(), model.query(xy))
+
+
+@pytest.mark.parametrize("precision", ["float16", "int8"])
+def test_lower_precisions_have_bounded_error(small_model, tmp_path, precision):
+    loaded = load_model(
+        small_model.save(tmp_path / f"{precision}.h5", precision=precision)
+    )
+    a, b = _state(small_model), _state(loaded)
+    lo, hi = small_model.intensity_range
+    xy = small_model.geometry.grid_xy()
+    for key in a:
+        if key == "bases" and precision == "int8":
+            # Affine 8-bit codes per basis: at most half a step off.
+            step = (a[key].max(axis=1) - a[key].min(axis=1)) / 255
+            assert np.all(
+                np.abs(b[key] - a[key]) <= step[:, None] / 2 * (1 + 1e-4) + 1e-12
+            )
+        else:
+            # float16: relative rounding error 2**-11 (plus subnormals).
+            np.testing.assert_allclose(b[key], a[key], rtol=2**-11, atol=2**-24)
+    # Pattern error: with the coefficients A of the loaded network, the
+    # basis error contributes at most sum_r |A_r| * max|dB_r| (in [0, 1] units).
+    with torch.no_grad():
+        coeffs = loaded.field.coefficients(
+            torch.from_numpy(small_model.geometry.normalize(xy.reshape(-1, 2)))
+        )
+    basis_err = np.abs(b["bases"] - a["bases"]).max(axis=1)
+    bound_basis = (np.abs(coeffs.numpy()) @ basis_err).max() * (hi - lo)
+    err = np.abs(loaded.reconstruct() - small_model.reconstruct())
+    assert err.max() > 0
+    if precision == "int8":
+        # The network is float16 too; allow it the float16 file's error.
+        f16 = load_model(small_model.save(tmp_path / "f16.h5", precision="float16"))
+        net_err = np.abs(f16.reconstruct() - small_model.reconstruct()).max()
+        assert err.max() <= bound_basis + 2 * net_err + 1e-3 * (hi - lo)
+    # Either way, well below the noise of the data (counts).
+    assert err.mean() < 2e-3 * (hi - lo)
+
+
+def test_lower_precisions_are_smaller(small_model, tmp_path):
+    sizes = {
+        p: small_model.save(tmp_path / f"{p}.h5", precision=p).stat().st_size
+        for p in ("float32", "float16", "int8")
+    }
+    assert sizes["float32"] > sizes["float16"] > sizes["int8"]
+
+
+def test_save_arguments(small_model, tmp_path):
+    path = tmp_path / "m.h5"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        small_model.save(path, precision="bfloat7")
+    small_model.save(path)
+    with pytest.raises(FileExistsError):
+        small_model.save(path, overwrite=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert h5py.File(path).attrs["precision"] == "float16"
+
+
+# ------------------------------------------------------------ lazy loading
+
+
+def test_lazy_load_decodes_the_model(small_map, small_model, saved, tmp_path):
+    s = kn.load(saved)
+    assert type(s).__name__ == "LazyNeuralEBSD"
+    assert s.neural_model is not None
+    assert s.data.shape == small_map.data.shape
+    assert s.data.dtype == np.float32
+    for new, old in zip(
+        s.axes_manager.navigation_axes,
+        small_map.axes_manager.navigation_axes,
+        strict=True,
+    ):
+        assert (new.size, new.scale, new.offset, new.units) == (
+            old.size,
+            old.scale,
+            old.offset,
+            old.units,
+        )
+    np.testing.assert_array_equal(
+        s.detector.pc_average, small_model.detector.pc_average
+    )
+    np.testing.assert_array_equal(s.data.compute(), small_model.reconstruct())
+    # A slice decodes only its chunks, and to the same values.
+    np.testing.assert_array_equal(
+        s.inav[2:5, 7].data.compute(), small_model.reconstruct()[7, 2:5]
+    )
+    eager = kn.load(saved, lazy=False)
+    assert type(eager).__name__ == "NeuralEBSD"
+    np.testing.assert_array_equal(eager.data, small_model.reconstruct())
+    # Methods of the signal use the attached model.
+    np.testing.assert_array_equal(
+        s.neural_reconstruct(lazy=False).data, small_model.reconstruct()
+    )
+
+
+def test_lazy_load_saves_to_h5ebsd(small_model, saved, tmp_path):
+    import kikuchipy as kp
+
+    s = kn.load(saved)
+    s.save(tmp_path / "patterns.h5")
+    back = kp.load(tmp_path / "patterns.h5")
+    assert type(back).__name__ == "EBSD"
+    np.testing.assert_array_equal(back.data, small_model.reconstruct())
+    assert back.axes_manager.navigation_shape == s.axes_manager.navigation_shape
+
+
+def test_lazy_load_under_process_schedulers(small_model, saved):
+    s = kn.load(saved)
+    expected = small_model.reconstruct()
+    # The model travels to other processes by pickling (the model object,
+    # never the file): the multiprocessing scheduler ...
+    np.testing.assert_array_equal(
+        s.data.compute(scheduler="processes", num_workers=2), expected
+    )
+    # ... and dask.distributed with a worker process.
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        np.testing.assert_array_equal(s.data.compute(), expected)
+
+
+# ---------------------------------------------------------- crafted files
+
+
+class _Payload:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _pickle_bytes(tmp_path):
+    return np.void(pickle.dumps(_Payload(tmp_path / "PWNED")))
+
+
+def _edit_header(path, edit):
+    with h5py.File(path, "r+") as f:
+        header = json.loads(f["header"][()].tobytes())
+        edit(header)
+        del f["header"]
+        f["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+
+
+def _flip_bytes(path, dataset):
+    with h5py.File(path, "r") as f:
+        ds = f[dataset]
+        if ds.chunks is None:
+            offset, size = ds.id.get_offset(), ds.id.get_storage_size()
+        else:
+            info = ds.id.get_chunk_info(0)
+            offset, size = info.byte_offset, info.size
+    raw = bytearray(path.read_bytes())
+    for k in range(offset + size // 3, offset + size // 3 + 8):
+        raw[k] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _replace(name, value):
+    def edit(f):
+        del f[name]
+        f[name] = value
+
+    return edit
+
+
+def _set_attr(name, value):
+    def edit(f):
+        f.attrs[name] = value
+
+    return edit
+
+
+def _delete(name):
+    def edit(f):
+        del f[name]
+
+    return edit
+
+
+def _huge_dataset(f):
+    del f["network"]
+    f.create_dataset("network", shape=(2**40,), dtype="<f4", chunks=(2**16,))
+
+
+def _set_rank(rank):
+    def edit(header):
+        header["field"]["rank"] = rank
+
+    return edit
+
+
+def _wrong_bases_shape(f):
+    bases = f["bases"][()]
+    del f["bases"]
+    f["bases"] = np.concatenate([bases, bases[:1]])
+
+
+def _external_link(f):
+    f["linked"] = h5py.ExternalLink("/etc/passwd", "/")
+
+
+CORRUPTIONS = {
+    "pickle dataset": (
+        lambda tp: _set_ds("payload", _pickle_bytes(tp)),
+        "unexpected dataset",
+    ),
+    "pickle root attribute": (
+        lambda tp: _set_attr("payload", _pickle_bytes(tp)),
+        "unexpected attribute",
+    ),
+    "pickle instead of weights": (
+        lambda tp: _replace("network", _pickle_bytes(tp)),
+        "has dtype",
+    ),
+    "object header": (lambda tp: _replace("header", _vlen_pickle(tp)), "has dtype"),
+    "group": (lambda tp: lambda f: f.create_group("extra"), "not a dataset"),
+    "external link": (lambda tp: _external_link, "ExternalLink"),
+    "wrong basis shape": (lambda tp: _wrong_bases_shape, "has shape"),
+    "huge declared dataset": (lambda tp: _huge_dataset, "has shape"),
+    "missing dataset": (lambda tp: _delete("bases"), "missing"),
+    "missing header": (lambda tp: _delete("header"), "'header' is missing"),
+    "old format version": (lambda tp: _set_attr("format_version", 0), "old format"),
+    "newer format version": (lambda tp: _set_attr("format_version", 99), "newer"),
+    "text format version": (
+        lambda tp: _set_attr("format_version", "1"),
+        "not an integer",
+    ),
+    "not a model file": (
+        lambda tp: _set_attr("format", "h5ebsd"),
+        "not a kikuchipy-neural model",
+    ),
+    "unknown precision": (
+        lambda tp: _set_attr("precision", "int3"),
+        "unknown precision",
+    ),
+    "header not json": (
+        lambda tp: _replace("header", np.frombuffer(b"\x80\x04K\x01.", np.uint8)),
+        "not valid JSON",
+    ),
+}
+
+
+def _vlen_pickle(tmp_path):
+    data = np.empty(1, dtype=h5py.vlen_dtype(np.uint8))
+    data[0] = np.frombuffer(pickle.dumps(_Payload(tmp_path / "PWNED")), np.uint8)
+    return data
+
+
+def _set_ds(name, value):
+    def edit(f):
+        f[name] = value
+
+    return edit
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_crafted_files_raise(saved, tmp_path, case):
+    make, message = CORRUPTIONS[case]
+    with h5py.File(saved, "r+") as f:
+        make(tmp_path)(f)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(saved)
+    with pytest.raises(ModelFileError, match=message):
+        file_summary(saved)
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set_rank(10**9), "more than the limit"),
+        (_set_rank(3), "do not match the architecture"),
+        (lambda h: h["geometry"].update(nx=2**40), "outside"),
+        (lambda h: h["geometry"].update(pattern_shape=[40, 41]), "pattern shape"),
+        (lambda h: h["field"].update(formulation="os.system"), "cannot be built"),
+        (lambda h: h["field"].update(width="512; import os"), "cannot be built"),
+        (lambda h: h.pop("tensors"), "has no 'tensors'"),
+        (
+            lambda h: h["detector"].update(pc_shape=[10**9, 3]),
+            "invalid detector PC shape",
+        ),
+        # A consistent edit that only the checksum can catch.
+        (lambda h: h.update(intensity_range=[0.0, 1.0]), "checksum mismatch"),
+    ],
+)
+def test_crafted_headers_raise(saved, edit, message):
+    _edit_header(saved, edit)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(saved)
+
+
+@pytest.mark.parametrize("dataset", ["network", "bases", "header"])
+def test_flipped_bytes_are_detected(saved, dataset):
+    _flip_bytes(saved, dataset)
+    with pytest.raises((ValueError, OSError), match="checksum|corrupted|JSON"):
+        load_model(saved)
+
+
+def test_files_that_are_not_models(tmp_path, small_map):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 8)
+    with pytest.raises(OSError, match="not a readable HDF5 file"):
+        load_model(junk)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "nothing.h5")
+    small_map.save(tmp_path / "scan.h5")
+    with pytest.raises(ModelFileError, match="not a kikuchipy-neural model file"):
+        load_model(tmp_path / "scan.h5")
+
+
+def test_checksum_covers_every_dataset(small_model):
+    arrays, _ = model_file._encode(small_model, "float32")
+    digest = model_file._checksum(arrays)
+    for name in arrays:
+        changed = dict(arrays)
+        changed[name] = arrays[name].copy()
+        changed[name].reshape(-1).view(np.uint8)[0] ^= 1
+        assert model_file._checksum(changed) != digest, name
+
+
+# --------------------------------------------------------------------- info
+
+
+def test_file_summary_sizes(small_model, saved):
+    s = file_summary(saved)
+    # 12 x 12 points of 40 x 40 uint16 patterns.
+    assert s["raw_bytes"] == 12 * 12 * 40 * 40 * 2
+    assert s["file_bytes"] == saved.stat().st_size
+    assert s["compression_ratio"] == pytest.approx(s["raw_bytes"] / s["file_bytes"])
+    assert s["rank"] == small_model.rank
+    assert s["n_network_parameters"] + s["n_basis_values"] == small_model.n_parameters
+    assert s["array_bytes"]["bases"] == small_model.rank * 40 * 40 * 4
