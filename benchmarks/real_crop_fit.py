@@ -76,7 +76,7 @@ def main() -> None:
     # Kept for ``compression.py evaluate --models benchmarks/_out/real_crop``.
     keep = HERE / "_out" / "real_crop"
     keep.mkdir(parents=True, exist_ok=True)
-    model.save(keep / f"real_crop_{n}.h5", precision="float32")
+    model.save(keep / f"neural_real_crop_{n}.h5", precision="float32")
     with tempfile.TemporaryDirectory() as tmp:
         sizes = {
             p: model.save(Path(tmp) / f"m_{p}.h5", precision=p).stat().st_size
