@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.func import jvp
 
+from kikuchipy_neural.analysis.queries import lead_chunks
 from kikuchipy_neural.fields.base import NeuralField
 
 __all__ = [
@@ -201,13 +202,7 @@ def evaluate_gradient(
 
 def _lazy_gradient(model, xy: np.ndarray, kind: str, tail: tuple[int, ...]) -> da.Array:
     lead = xy.shape[:-1]
-    # Chunk along the leading axes, whole rows where possible.
-    chunks, remaining = [], _POINTS_PER_BLOCK
-    for size in reversed(lead):
-        take = int(min(size, max(1, remaining)))
-        chunks.insert(0, take)
-        remaining = max(1, remaining // size)
-    xy_d = da.from_array(xy, chunks=(*chunks, 2))
+    xy_d = da.from_array(xy, chunks=(*lead_chunks(lead, _POINTS_PER_BLOCK), 2))
     model_d = dask.delayed(model, pure=True, traverse=False)
     nlead = len(lead)
     kwargs: dict = dict(

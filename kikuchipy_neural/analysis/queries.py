@@ -53,6 +53,19 @@ def want_lazy(
     return n_points * model.geometry.n_pixels * 4 > LAZY_THRESHOLD_BYTES
 
 
+def lead_chunks(lead: tuple[int, ...], points_per_chunk: int) -> tuple[int, ...]:
+    """Dask chunk sizes along the leading (point) axes ``lead`` for chunks of
+    about ``points_per_chunk`` points: whole rows where possible, so that a
+    chunk is a contiguous band of the output grid."""
+    chunks: list[int] = []
+    remaining = points_per_chunk
+    for size in reversed(lead):
+        take = int(min(size, max(1, remaining)))
+        chunks.insert(0, take)
+        remaining = max(1, remaining // size)
+    return tuple(chunks)
+
+
 def _decode_block(xy_block: np.ndarray, model: NeuralEBSDModel) -> np.ndarray:
     # Points were checked against the scan once, for the whole request.
     return model.query(xy_block, extrapolate=True)
@@ -77,14 +90,7 @@ def decode(
     lead = xy.shape[:-1]
     n_pixels = model.geometry.n_pixels
     per_chunk = max(1, _CHUNK_BYTES // (4 * n_pixels))
-    # Chunk along the first axes: whole rows where possible.
-    chunks = []
-    remaining = per_chunk
-    for size in reversed(lead):
-        take = int(min(size, max(1, remaining)))
-        chunks.insert(0, take)
-        remaining = max(1, remaining // size)
-    xy_d = da.from_array(xy, chunks=(*chunks, 2))
+    xy_d = da.from_array(xy, chunks=(*lead_chunks(lead, per_chunk), 2))
     model_d = dask.delayed(model, pure=True, traverse=False)
     return da.map_blocks(
         _decode_block,
