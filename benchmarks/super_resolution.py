@@ -466,9 +466,10 @@ def _figure(name, s, known, near, indexed, variants, measured, truth, result) ->
     if truth is not None:
         shown = {"noise-free truth": truth.clean[i, j]} | shown
     sub = grid[1, 2:].subgridspec(2, 3)
-    lo, hi = np.percentile(measured[i, j], [1, 99])
     for k, (key, pattern) in enumerate(shown.items()):
         ax = fig.add_subplot(sub[k // 3, k % 3])
+        # Each with its own contrast: the variants are not all in counts.
+        lo, hi = np.percentile(pattern, [1, 99])
         ax.imshow(pattern, cmap="gray", vmin=lo, vmax=hi)
         ax.set_title(key, fontsize=8)
         ax.set_xticks([])
