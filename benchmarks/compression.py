@@ -355,12 +355,14 @@ def _pca_points(data, mask, ranks, bits_list, seed: int = 0) -> list[dict]:
     for rank in ranks:
         k = rank - 1
         # float16 scores and components (the paper-style PCA baseline)
-        m16, c16, s16 = (
-            a.astype(np.float16).astype(np.float32)
-            for a in (mean, comps[:k], scores[:, :k])
-        )
+        # Scores reach millions of counts: each component's scores are stored
+        # as float16 divided by a float32 scale (4 bytes a component), which
+        # float16 alone would overflow.
+        scale = np.abs(scores[:, :k]).max(axis=0) / 1024 + 1e-12
+        m16, c16 = (a.astype(np.float16).astype(np.float32) for a in (mean, comps[:k]))
+        s16 = (scores[:, :k] / scale).astype(np.float16).astype(np.float32) * scale
         mae = _map_mae(lambda a, b, m=m16, s=s16, c=c16: m + s[a:b] @ c, data, mask)
-        nbytes = 2 * (mean.size + c16.size + s16.size)
+        nbytes = 2 * (mean.size + c16.size + s16.size) + 4 * k
         rows.append(
             dict(method="pca_f16", label="PCA, float16 scores", rank=rank, bytes=nbytes,
                  components_bytes=2 * (mean.size + c16.size), scores_bytes=2 * s16.size, mae_counts=mae)
