@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -39,8 +38,13 @@ WORK = HERE / "_out" / "out_of_core"
 
 
 def _peak_rss_mb() -> float:
-    # ru_maxrss is in kB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process (Linux ``VmHWM``). Not
+    ``ru_maxrss``: it survives ``execve``, so a child started by a parent that
+    held the whole map would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _write_map(path: Path, size: int, chunk: int) -> None:
