@@ -330,3 +330,74 @@ def test_streamed_fit_memory_stays_bounded_as_the_map_grows(
     # Absolute bound: the budget, plus the chunk in flight and the one dask
     # assembles, plus 1 MB of per-point arrays and small work arrays.
     assert peaks[1] < budget + 2 * chunk + 1_000_000, peaks
+
+
+# ------------------------------------------------------ GPU path, on the CPU
+
+
+def test_out_of_memory_halves_the_batch_and_training_goes_on(small_map, monkeypatch):
+    from kikuchipy_neural.training import accelerate
+    from kikuchipy_neural.training.loop import Trainer
+
+    original = Trainer._loss
+    calls = {"n": 0, "sizes": []}
+
+    def flaky(self, batch):
+        # The first two batches "do not fit": the sampler must halve twice.
+        calls["n"] += 1
+        calls["sizes"].append(len(batch.points))
+        if calls["n"] <= 2:
+            raise accelerate.OUT_OF_MEMORY("CUDA out of memory (simulated)")
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "_loss", flaky)
+    with pytest.warns(UserWarning, match="Out of GPU memory"):
+        model = small_map.deepcopy().fit_neural(
+            max_steps=5, positions_per_batch=64, **dict(FAST, warm_start=False)
+        )
+    assert model.info["steps"] == 5
+    assert calls["sizes"][:3] == [64, 32, 16]
+
+
+def test_shrink_batch_stops_at_one():
+    from types import SimpleNamespace
+
+    from kikuchipy_neural.training.accelerate import shrink_batch
+
+    sampler = SimpleNamespace(n_positions=3)
+    assert shrink_batch(sampler) == 1
+    assert shrink_batch(sampler) is None
+    assert shrink_batch(SimpleNamespace(batch_size=8)) == 4
+
+
+def test_bf16_basis_product_is_close_to_float32(small_model):
+    import torch
+
+    from kikuchipy_neural.training.accelerate import pattern_values
+
+    field = small_model.field
+    xy = torch.zeros(4, 2)
+    with torch.no_grad():
+        exact = pattern_values(field, xy, None, "float32")
+        low = pattern_values(field, xy, None, "bf16")
+    assert low.dtype == torch.float32
+    # bfloat16 keeps 8 bits of mantissa: products of ~rank terms within 1 %
+    # of the pattern's range.
+    span = float(exact.max() - exact.min())
+    assert float((low - exact).abs().max()) < 0.01 * span
+
+    from kikuchipy_neural.training.options import FitOptions
+
+    with pytest.raises(ValueError, match="precision"):
+        FitOptions.from_kwargs(precision="fp8")
+
+
+def test_uint16_counts_travel_as_int32():
+    import torch
+
+    from kikuchipy_neural.training.accelerate import to_device
+
+    counts = np.array([0, 1, 40000, 65535], np.uint16)
+    t = to_device(counts, torch.device("cpu"))
+    assert t.dtype == torch.int32
+    np.testing.assert_array_equal(t.numpy(), counts.astype(np.int32))
