@@ -53,6 +53,13 @@ class ScanGeometry:
     pattern_shape: tuple[int, int]
     positions: tuple[tuple[float, float], ...] | None = None
 
+    def __post_init__(self) -> None:
+        # HyperSpy's unset units are traits' Undefined, whose str() is
+        # "<undefined>"; one spelling ("px") for every way a geometry is made
+        # (signals, stand-ins, model files) keeps scans comparable.
+        if str(self.units) in ("", "None", "<undefined>"):
+            object.__setattr__(self, "units", "px")
+
     # ------------------------------------------------------------ building
 
     @classmethod
