@@ -5,7 +5,7 @@ decorated function::
 
     @command("name", "one-line help", [arg("path"), arg("--flag", action="store_true")])
     def _name(args: argparse.Namespace) -> int:
-        ...
+        print(args.path)
         return 0
 
 Heavy imports (torch, kikuchipy) happen inside the subcommands, so that
@@ -240,7 +240,7 @@ def _fit(args: argparse.Namespace) -> int:
     # Check the options before reading a possibly large scan.
     from kikuchipy_neural.training.options import FitOptions
 
-    FitOptions.from_kwargs(**options)
+    FitOptions.from_kwargs(args.formulation, **options)
     signal = _read_scan(args.scan, args.lazy)
     model = signal.fit_neural(
         formulation=args.formulation,
