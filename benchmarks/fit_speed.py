@@ -58,6 +58,11 @@ def main() -> None:
 
     import torch
 
+    # torch.optim's first optimizer in a process imports torch._dynamo (about
+    # 3 s here): a one-off import like that of torch itself, not part of
+    # either fit, and the first fit would pay it alone.
+    import torch._dynamo  # noqa: F401
+
     from kikuchipy_neural.analysis.metrics import map_mae
     from kikuchipy_neural.data import synthetic_polycrystal
 

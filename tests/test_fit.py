@@ -303,6 +303,37 @@ def test_options_are_validated():
     assert FitOptions.from_kwargs().siren_width == 512  # the paper's default
 
 
+def test_warm_start_has_its_own_learning_rate_and_batch(small_map, monkeypatch):
+    from kikuchipy_neural.training.samplers import ScoreSampler
+
+    sizes = []
+    original = ScoreSampler.__call__
+
+    def spy(self, rng):
+        batch = original(self, rng)
+        sizes.append(len(batch.points))
+        return batch
+
+    monkeypatch.setattr(ScoreSampler, "__call__", spy)
+    options = dict(FAST_FIT, lr_ramp_steps=0, warm_start_patience=2, patience=2)
+    model = small_map.deepcopy().fit_neural(
+        max_steps=150, warm_start_lr=3e-4, warm_start_positions=16, lr=5e-5, **options
+    )
+    h = model.history
+    stage_lr = list(zip(h["stage"], h["lr"], strict=True))
+    lrs = {
+        stage: {lr for s, lr in stage_lr if s == stage}
+        for stage in ("warm_start", "fit")
+    }
+    assert lrs["warm_start"] == {3e-4}
+    assert lrs["fit"] == {5e-5}
+    assert sizes and set(sizes) == {16}
+    with pytest.raises(ValueError, match="warm_start_lr"):
+        FitOptions.from_kwargs(warm_start_lr=0.0)
+    with pytest.raises(ValueError, match="warm_start_positions"):
+        FitOptions.from_kwargs(warm_start_positions=0)
+
+
 def test_progressbar_and_history(small_map, capsys):
     model = small_map.deepcopy().fit_neural(
         max_steps=12, **dict(FAST_FIT, show_progressbar=True)

@@ -13,6 +13,7 @@ would be by uniform sampling.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -341,6 +342,15 @@ class ShuffleBuffer(_Sampling):
         # dask may hold its pieces and their concatenation at once; a chunk
         # must never sit in two slots at once.
         self.n_slots = int(max(1, min(len(self.tiles) - 1, max_bytes // largest - 2)))
+        if max_bytes < 3 * largest:
+            warnings.warn(
+                f"The memory budget for buffered patterns ({max_bytes / 2**20:.1f} MB) "
+                f"holds fewer than three chunks of {largest / 2**20:.1f} MB (one "
+                "buffered, one being read, one being assembled by dask): the buffer "
+                f"will use about {3 * largest / 2**20:.1f} MB. Rechunk the data into "
+                "smaller chunks or raise memory_budget.",
+                stacklevel=3,
+            )
         self.peak_bytes_estimate = (self.n_slots + 2) * largest
         rows = self.n_slots * self.capacity
         self.points = np.zeros(rows, np.int64)

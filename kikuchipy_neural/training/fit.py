@@ -168,11 +168,14 @@ def _build_stages(
         stages.append(
             StageSpec(
                 name="warm_start",
-                sampler=ScoreSampler(prep, opts.positions_per_batch, shard),
+                sampler=ScoreSampler(
+                    prep, opts.warm_start_positions or opts.positions_per_batch, shard
+                ),
                 parameters=list(field.siren.parameters()),
                 patience=opts.warm_start_patience,
                 min_delta=0.0,
                 use_plateau=False,
+                lr=opts.warm_start_lr,
             )
         )
     joint = isinstance(field, JointField)
@@ -371,11 +374,15 @@ def fit(
         train_points, stage_opts = ctx.shard(source, prep.train_points, opts, seed)
         shard = train_points
         rng = np.random.default_rng([seed, ctx.rank])
+    # The warm start's PCA scores (and their whitened copy) are the one other
+    # training array that grows with the map (points x rank): they share the
+    # budget with the buffered patterns.
+    scores_bytes = 0 if prep.scores is None else 2 * prep.scores.nbytes
     buffer = make_buffer(
         source,
         train_points,
         opts.band_top_fraction,
-        opts.memory_budget,
+        max(0, opts.memory_budget - scores_bytes),
         rng,
         device=device if device.type == "cuda" else None,
     )

@@ -47,6 +47,7 @@ CHECKPOINT_FORMAT = "kikuchipy-neural-checkpoint/1"
 class StageSpec:
     """One stage: what it trains, how batches are drawn, when it stops.
 
+    ``lr`` is the stage's learning rate (None: the fit's ``lr`` option).
     ``lr_halving_steps`` (halve the learning rate every that many steps of
     the stage) replaces the plateau schedule when set; ``grad_clip`` caps the
     gradient norm of the stage's parameters; ``on_step(step)`` is called
@@ -64,6 +65,7 @@ class StageSpec:
     lr_halving_steps: int | None = None
     grad_clip: float | None = None
     on_step: Callable[[int], None] | None = None
+    lr: float | None = None
 
 
 @dataclass
@@ -134,7 +136,7 @@ class Trainer:
         self.progress = _Progress()
         self.stage_states = [_StageState() for _ in stages]
         self.optimizers = [
-            torch.optim.Adam(s.parameters, lr=options.lr) for s in stages
+            torch.optim.Adam(s.parameters, lr=self._stage_lr(s)) for s in stages
         ]
         self.schedulers = [
             torch.optim.lr_scheduler.StepLR(opt, s.lr_halving_steps, gamma=0.5)
@@ -150,6 +152,9 @@ class Trainer:
         self._running_loss: list[float] = []
         self._elapsed_before = 0.0  # seconds of earlier sessions (resume)
         self._prepare_validation()
+
+    def _stage_lr(self, stage: StageSpec) -> float:
+        return self.opts.lr if stage.lr is None else stage.lr
 
     # ------------------------------------------------------------ validation
 
@@ -222,7 +227,9 @@ class Trainer:
             # A fresh Adam moves every parameter by about lr on its first
             # steps; ramping lr protects parameters an earlier stage tuned.
             for group in optimizer.param_groups:
-                group["lr"] = self.opts.lr * (stage_step + 1) / stage.lr_ramp_steps
+                group["lr"] = (
+                    self._stage_lr(stage) * (stage_step + 1) / stage.lr_ramp_steps
+                )
         while True:
             batch = stage.sampler(self.rng)
             try:

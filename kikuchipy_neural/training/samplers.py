@@ -155,7 +155,7 @@ class ScoreSampler:
     def __init__(
         self, prep: Preprocessed, n_positions: int, points: np.ndarray | None = None
     ) -> None:
-        scores = torch.from_numpy(prep.scores.astype(np.float32))
+        scores = torch.from_numpy(prep.scores.astype(np.float32, copy=False))
         self.std = scores.std(dim=0).clamp_min(1e-12)
         self.whitened = scores / self.std
         variance = self.std**2
