@@ -3,6 +3,8 @@ resume, bad input. Maps are tiny; thresholds are justified where set."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -210,6 +212,40 @@ def test_shuffle_buffer_visits_points_uniformly():
     assert visits.min() > 0.5 * expected
     assert abs(visits.mean() - expected) < 1e-9 * expected + 1
     assert visits.std() < 0.35 * expected
+
+
+def test_a_budget_below_three_chunks_warns():
+    import dask.array as da
+
+    data = da.zeros((8, 8, 2, 2), np.uint16, chunks=(2, 8, 2, 2))
+    chunk = 16 * (4 * 2 + 1)  # 16 points: 4 uint16 values + 1 byte of band bits
+    with pytest.warns(UserWarning, match="fewer than three chunks"):
+        ShuffleBuffer(
+            PatternSource(data), np.arange(64), 0.15, 2 * chunk, np.random.default_rng()
+        ).close()
+
+
+def test_pca_scores_share_the_memory_budget(small_map, monkeypatch):
+    from kikuchipy_neural.training import data
+
+    budgets = []
+    original = data.make_buffer
+
+    def spy(source, train_points, top_fraction, memory_budget, *args, **kwargs):
+        budgets.append(memory_budget)
+        return original(
+            source, train_points, top_fraction, memory_budget, *args, **kwargs
+        )
+
+    fit_module = importlib.import_module("kikuchipy_neural.training.fit")
+    monkeypatch.setattr(fit_module, "make_buffer", spy)
+    budget = 10**7
+    model = small_map.deepcopy().fit_neural(
+        rank=6, memory_budget=budget, max_steps=1, **FAST_FIT
+    )
+    n_train = model.geometry.n_points - len(model.validation_points)
+    # Scores (float32, rank - 1 per training point) and their whitened copy.
+    assert budget - budgets[0] == 2 * 5 * 4 * n_train
 
 
 # ----------------------------------------------------------- resume & stop
