@@ -13,6 +13,8 @@ Three steps (each a subcommand; ``--help`` for options):
     signal with the same axes.
 ``evaluate``
     In one run: every fitted model re-saved at every precision (file bytes,
+    with ``--point-intensity`` also with a gain and offset per scan point as
+    ``fit_neural(point_intensity=True)`` adds them,
     map MAE inside the circular aperture, % of the map's maximum); PCA at
     the same ranks storing float16 scores and components; PCA with scores
     quantised to 4, 6 or 8 bits and compressed by a general codec (the best
@@ -23,7 +25,8 @@ Three steps (each a subcommand; ``--help`` for options):
     method to the paper's full map (900 x 1000 points of 120 x 120 px):
 
     - neural: the file does not grow with the map (network bytes constant,
-      bases = rank x pixels), so full-map bytes = crop bytes;
+      bases = rank x pixels), so full-map bytes = crop bytes, except for
+      per-point intensities (2 values per point), scaled with the points;
     - PCA: components (rank x pixels) constant, scores scale with points,
       ``bytes_full = bytes_components + bytes_scores * 900000 / 40000``;
     - lossless: the crop's compression ratio.
@@ -241,22 +244,39 @@ def _map_mae(reconstruct, data: np.ndarray, mask: np.ndarray) -> float:
 
 
 def _neural_points(
-    models_dir: Path, files_dir: Path, data, mask, precisions
+    models_dir: Path,
+    files_dir: Path,
+    data,
+    mask,
+    precisions,
+    point_intensity: bool = False,
 ) -> list[dict]:
     from kikuchipy_neural.io.model_file import file_summary, load_model
+    from kikuchipy_neural.training.data import PatternSource
+    from kikuchipy_neural.training.point_intensity import fit_point_intensity
 
     files_dir.mkdir(parents=True, exist_ok=True)
     ny, nx = data.shape[:2]
     rows = []
-    for source in sorted(models_dir.glob("neural_*.h5")):
+    for source, with_pi in (
+        (source, with_pi)
+        for source in sorted(models_dir.glob("neural_*.h5"))
+        for with_pi in ((False, True) if point_intensity else (False,))
+    ):
         model = load_model(source)
         if model.geometry.nav_shape != (ny, nx):
             print(f"{source.name}: fitted on another scan, skipped")
             continue
+        if with_pi:
+            # What fit_neural(point_intensity=True) adds after training.
+            model.point_intensity = fit_point_intensity(
+                model, PatternSource(data), np.ones(ny * nx, bool)
+            )
         xy = model.geometry.grid_xy().reshape(-1, 2)
+        tag = "_pi" if with_pi else ""
         for precision in precisions:
             path = model.save(
-                files_dir / f"{source.stem}_{precision}.h5", precision=precision
+                files_dir / f"{source.stem}{tag}_{precision}.h5", precision=precision
             )
             m = load_model(path)
             t = time.perf_counter()
@@ -267,7 +287,11 @@ def _neural_points(
             cfg = summary["field"]
             row = {
                 "method": "neural",
-                "label": f"neural {precision}",
+                "label": f"neural{' + point intensity' if with_pi else ''} {precision}",
+                "point_intensity": with_pi,
+                "point_intensity_bytes": summary["array_bytes"].get(
+                    "point_intensity", 0
+                ),
                 "name": path.stem,
                 "rank": cfg["rank"],
                 "width": cfg["width"],
@@ -466,7 +490,9 @@ def _lossless_points(data, fraction: float) -> list[dict]:
 def _extrapolate(row: dict, n_crop: int) -> int:
     scale = FULL_MAP_POINTS / n_crop
     if row["method"] == "neural":
-        return row["bytes"]
+        # The network and bases do not grow with the map; per-point
+        # intensities (2 values per point) do.
+        return int(row["bytes"] + row.get("point_intensity_bytes", 0) * (scale - 1))
     if row["method"] == "lossless":
         return int(row["bytes"] * scale)
     return int(row["components_bytes"] + row["scores_bytes"] * scale)
@@ -601,15 +627,21 @@ def _figure(result: dict, path: Path) -> None:
             if sel:
                 ax.plot([r[key] for r in sel], [100 * r["mae_counts"] / vmax for r in sel],
                         label=sel[0]["label"], ms=5, **style)  # fmt: skip
-        for precision, color in prec_colors.items():
+        for (precision, color), with_pi in (
+            (pc, pi) for pc in prec_colors.items() for pi in (False, True)
+        ):
             sel = [
                 r
                 for r in rows
-                if r["method"] == "neural" and r["precision"] == precision
+                if r["method"] == "neural"
+                and r["precision"] == precision
+                and r.get("point_intensity", False) == with_pi
             ]
+            label = f"neural{' + point intensity' if with_pi else ''}, {precision}"
             if sel:
                 ax.scatter([r[key] for r in sel], [100 * r["mae_counts"] / vmax for r in sel],
-                           color=color, s=40, zorder=3, label=f"neural, {precision}", edgecolor="k", lw=0.5)  # fmt: skip
+                           color=color, s=40, zorder=3, label=label, edgecolor="k", lw=0.5,
+                           marker="D" if with_pi else "o")  # fmt: skip
         front = _front([r for r in rows if r["method"] == "neural"], key)
         ax.plot([r[key] for r in front], [100 * r["mae_counts"] / vmax for r in front], "k--", lw=1,
                 label="neural front")  # fmt: skip
@@ -670,7 +702,12 @@ def cmd_evaluate(args) -> None:
     t = time.perf_counter()
     if args.models:
         rows += _neural_points(
-            Path(args.models), out / "files", data, mask, args.precisions.split(",")
+            Path(args.models),
+            out / "files",
+            data,
+            mask,
+            args.precisions.split(","),
+            args.point_intensity,
         )
     if not args.skip_pca:
         ranks = [int(v) for v in args.pca_ranks.split(",")]
@@ -820,6 +857,11 @@ def main(argv=None) -> None:
     p.add_argument("--pca-ranks", default=DEFAULT_PCA_RANKS)
     p.add_argument("--bits", default="4,6,8", help="bit depths of quantised PCA scores")
     p.add_argument("--lossless-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--point-intensity",
+        action="store_true",
+        help="also evaluate every model with a gain and offset per point",
+    )
     p.add_argument("--skip-pca", action="store_true")
     p.add_argument("--skip-lossless", action="store_true")
     p.set_defaults(run=cmd_evaluate)

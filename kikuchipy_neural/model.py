@@ -51,6 +51,10 @@ class NeuralEBSDModel:
         orix ``PhaseList`` of the training signal's crystal map, if any.
     validation_points
         Flat (row-major) scan indices held out for early stopping.
+    point_intensity
+        float32 ``(n_points, 2)`` gain and offset per scan point, applied
+        wherever the model decodes (see
+        :mod:`kikuchipy_neural.training.point_intensity`), or None.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class NeuralEBSDModel:
         info: dict[str, Any] | None = None,
         phases=None,
         validation_points: np.ndarray | None = None,
+        point_intensity: np.ndarray | None = None,
     ) -> None:
         self.field = field.eval()
         self.geometry = geometry
@@ -78,6 +83,7 @@ class NeuralEBSDModel:
         # Flat scan indices held out of training for early stopping (their
         # patterns are what the history's validation MAE measures).
         self.validation_points = validation_points
+        self.point_intensity = point_intensity
 
     # ------------------------------------------------------------ properties
 
@@ -156,6 +162,14 @@ class NeuralEBSDModel:
             chunk = net[start : start + step].to(device)
             out[start : start + step] = self._denormalize(
                 self.field.pattern_values(chunk)
+            )
+        if self.point_intensity is not None:
+            from kikuchipy_neural.training.point_intensity import (
+                apply_point_intensity,
+            )
+
+            apply_point_intensity(
+                self.geometry, self.point_intensity, xy.reshape(-1, 2), out
             )
         return out.reshape(*xy.shape[:-1], *self.pattern_shape)
 

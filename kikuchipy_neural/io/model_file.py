@@ -21,6 +21,10 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
     (float32) for 8-bit quantisation.
 ``detector_pc``, ``scan_positions``, ``spectrum_eigenvalues``
     float64 arrays, present when the model has them.
+``point_intensity``
+    ``(n_points, 2)`` per-point gain minus 1 and offset (measured units), in
+    the network's dtype; present when the header's ``point_intensity`` is
+    true (see :mod:`kikuchipy_neural.training.point_intensity`).
 
 The checksum is a SHA-256 over every dataset in name order: name, dtype,
 shape, then the little-endian bytes.
@@ -210,6 +214,13 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
         "info": _plain({k: v for k, v in model.info.items() if k != "model_file"}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    table = getattr(model, "point_intensity", None)
+    header["point_intensity"] = table is not None
+    if table is not None:
+        # Gains are close to 1: storing gain - 1 keeps float16's precision.
+        stored = np.asarray(table, np.float64).copy()
+        stored[:, 0] -= 1.0
+        arrays["point_intensity"] = stored.astype(net_dtype)
     if model.detector is not None:
         header["detector"], arrays["detector_pc"] = _encode_detector(model.detector)
     if model.phases is not None:
@@ -382,6 +393,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
             )
         detector = _decode_detector(header["detector"], arrays.get("detector_pc"))
         phases = _decode_phases(header["phases"])
+        point_intensity = None
+        if "point_intensity" in arrays:
+            point_intensity = arrays["point_intensity"].astype(np.float32)
+            point_intensity[:, 0] += 1.0
+            if not np.all(np.isfinite(point_intensity)):
+                raise ModelFileError(
+                    f"{path}: the per-point intensities contain NaN or infinite values"
+                )
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
         if isinstance(err, ModelFileError):
             raise
@@ -406,6 +425,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         options=header["options"],
         info=info,
         phases=phases,
+        point_intensity=point_intensity,
     )
     if device is not None:
         model.to(device)
@@ -845,6 +865,11 @@ def _expected_arrays(header: dict, precision: str, geometry: ScanGeometry, path:
     expected["network"] = (net_dtype, (n_net,))
     if header["scan_positions"]:
         expected["scan_positions"] = (np.dtype("<f8"), (geometry.nx, 2))
+    # Optional: files written before per-point intensities existed lack it.
+    if header.get("point_intensity", False) is True:
+        expected["point_intensity"] = (net_dtype, (geometry.n_points, 2))
+    elif header.get("point_intensity", False) is not False:
+        raise ModelFileError(f"{path}: header['point_intensity'] must be true or false")
     det = header["detector"]
     if det is not None:
         pc_shape = _need(det, "pc_shape", list, path, "header['detector']")

@@ -26,6 +26,7 @@ from kikuchipy_neural.training.data import PatternSource, make_buffer
 from kikuchipy_neural.training.distributed import setup as setup_distributed
 from kikuchipy_neural.training.loop import CHECKPOINT_FORMAT, StageSpec, Trainer
 from kikuchipy_neural.training.options import FitOptions
+from kikuchipy_neural.training.point_intensity import fit_point_intensity
 from kikuchipy_neural.training.preprocessing import Preprocessed, Spectrum, preprocess
 from kikuchipy_neural.training.samplers import (
     CoordinateSampler,
@@ -436,7 +437,7 @@ def fit(
 
     detector = copy.deepcopy(getattr(signal, "detector", None))
     xmap = getattr(signal, "xmap", None)
-    return NeuralEBSDModel(
+    model = NeuralEBSDModel(
         field,
         geometry,
         prep.intensity_range,
@@ -456,6 +457,13 @@ def fit(
         phases=None if xmap is None else xmap.phases,
         validation_points=prep.val_points,
     )
+    if opts.point_intensity:
+        # Every point the fit was allowed to read (training and validation).
+        readable = np.zeros(geometry.n_points, bool)
+        readable[prep.train_points] = True
+        readable[prep.val_points] = True
+        model.point_intensity = fit_point_intensity(model, source, readable)
+    return model
 
 
 def _show_progressbar(show: bool | None) -> bool:

@@ -128,6 +128,11 @@ class FitOptions:
         scores while training, the PCA subsample before. What does not grow
         with the map (the validation set, at most ``max_validation_points``
         patterns, and the work arrays of a batch) comes on top.
+    After training
+        ``point_intensity=False``: with True, a gain and an offset per scan
+        point, fitted to the measured patterns after training and applied
+        wherever the model decodes (4 bytes per point in float16 files; see
+        :mod:`kikuchipy_neural.training.point_intensity`).
     Hardware
         ``precision="float32"``; ``"tf32"`` (TF32 matmuls on CUDA) or
         ``"bf16"`` (bfloat16 basis product, sine layers in float32) trade
@@ -180,6 +185,8 @@ class FitOptions:
     memory_budget: int = 2 * 1024**3
     # hardware
     precision: str = "float32"
+    # after training
+    point_intensity: bool = False
 
     @classmethod
     def from_kwargs(cls, formulation: str = "factorized", **options: Any) -> FitOptions:
@@ -257,6 +264,9 @@ class FitOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that cannot work."""
+        for name in ("warm_start", "point_intensity"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"precision must be one of {PRECISIONS}, got {self.precision!r}"

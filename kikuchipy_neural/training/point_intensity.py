@@ -1,0 +1,115 @@
+"""Per-point intensity: a gain and an offset per scan point, fitted after training.
+
+Real scans vary in overall intensity from pattern to pattern (beam current,
+exposure, background drift) in a way that is not spatially coherent: PCA
+scores carry it, a continuous field cannot. With the fit option
+``point_intensity=True`` each pattern the fit was allowed to read gets the
+least-squares gain ``g`` and offset ``o`` that map the field's pattern onto
+the measured one (``measured ~ g * field + o``, over all pixels). The model
+stores them (4 bytes per point in reduced precision files) and applies them
+wherever it decodes: exactly at scan points, bilinearly interpolated between
+them (nearest point for scattered scans). Points the fit could not read
+(masked, non-finite) take the values of the nearest point it could.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from kikuchipy_neural.geometry import ScanGeometry
+
+__all__ = ["apply_point_intensity", "fit_point_intensity"]
+
+
+def fit_point_intensity(model, source, readable: np.ndarray) -> np.ndarray:
+    """Least-squares gain and offset of every scan point.
+
+    Parameters
+    ----------
+    model
+        The fitted :class:`~kikuchipy_neural.NeuralEBSDModel` (without point
+        intensities).
+    source
+        :class:`~kikuchipy_neural.training.data.PatternSource` of the scan.
+    readable
+        Flat boolean mask of the points whose patterns may be read.
+
+    Returns
+    -------
+    table
+        float32 ``(n_points, 2)``: gain and offset in measured units.
+    """
+    g = model.geometry
+    table = np.full((g.n_points, 2), np.nan, np.float32)
+    xy_all = g.index_to_xy(np.arange(g.n_points))
+    for tile, raw in source.iter_tiles():
+        idx = tile.flat_indices(source.nx)
+        use = readable[idx]
+        if not use.any():
+            continue
+        measured = raw.reshape(len(idx), -1)[use].astype(np.float64)
+        field = model.query(xy_all[idx[use]], extrapolate=True)
+        field = field.reshape(len(measured), -1).astype(np.float64)
+        f_mean = field.mean(axis=1, keepdims=True)
+        m_mean = measured.mean(axis=1, keepdims=True)
+        fc = field - f_mean
+        var = (fc**2).sum(axis=1)
+        # A flat field pattern has no gain to fit: keep 1.
+        gain = np.where(
+            var > 0, (fc * (measured - m_mean)).sum(axis=1) / np.maximum(var, 1e-300), 1
+        )
+        table[idx[use], 0] = gain
+        table[idx[use], 1] = m_mean[:, 0] - gain * f_mean[:, 0]
+    known = np.isfinite(table[:, 0])
+    if not known.any():
+        raise ValueError("No readable scan point to fit per-point intensities on")
+    if not known.all():
+        table[~known] = table[_nearest_known(g, known)][~known]
+    return table
+
+
+def _nearest_known(geometry: ScanGeometry, known: np.ndarray) -> np.ndarray:
+    """Flat index of the nearest known point for every point."""
+    if geometry.scattered:
+        from scipy.spatial import cKDTree
+
+        xy = geometry.index_to_xy(np.arange(geometry.n_points))
+        index = np.flatnonzero(known)
+        return index[cKDTree(xy[known]).query(xy)[1]]
+    grid = known.reshape(geometry.nav_shape)
+    _, (rows, cols) = ndimage.distance_transform_edt(~grid, return_indices=True)
+    return (rows * geometry.nx + cols).ravel()
+
+
+def apply_point_intensity(
+    geometry: ScanGeometry, table: np.ndarray, xy: np.ndarray, patterns: np.ndarray
+) -> None:
+    """``patterns = gain(xy) * patterns + offset(xy)`` in place.
+
+    ``xy`` ``(n, 2)`` calibrated positions, ``patterns`` ``(n, n_pixels)``.
+    Gain and offset are bilinear between grid points (clamped at the edges),
+    the nearest point's for scattered scans.
+    """
+    if geometry.scattered:
+        from scipy.spatial import cKDTree
+
+        points = geometry.index_to_xy(np.arange(geometry.n_points))
+        values = table[cKDTree(points).query(xy)[1]]
+    else:
+        # Fractional (row, column) of each position on the scan grid.
+        g = geometry
+        col = (xy[:, 0] - g.x0) / g.dx if g.nx > 1 else np.zeros(len(xy))
+        row = (xy[:, 1] - g.y0) / g.dy if g.ny > 1 else np.zeros(len(xy))
+        grid = table.reshape(*geometry.nav_shape, 2)
+        values = np.stack(
+            [
+                ndimage.map_coordinates(
+                    grid[..., k], [row, col], order=1, mode="nearest"
+                )
+                for k in range(2)
+            ],
+            axis=1,
+        )
+    patterns *= values[:, :1].astype(patterns.dtype)
+    patterns += values[:, 1:].astype(patterns.dtype)
