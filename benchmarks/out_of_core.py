@@ -10,9 +10,10 @@ One run, four fits, each in its own process so that its peak RSS is its own:
 ``streamed_small`` and ``streamed``
     synthetic maps of ``--small-size`` and ``--size`` squared points of
     60 x 60 px written to h5ebsd files, loaded lazily (dask chunks of
-    ``--chunk`` rows) and fitted with ``memory_budget=--budget-mb``: patterns
-    are read chunk by chunk into a bounded shuffle buffer, the next chunk
-    prefetched by a background thread. Both files exceed the budget.
+    ``--chunk`` rows x 128 columns) and fitted with
+    ``memory_budget=--budget-mb``: patterns are read chunk by chunk into a
+    bounded shuffle buffer, the next chunk prefetched by a background
+    thread. Both files exceed the budget.
 
 Every fit runs for the same wall-clock budget (``--seconds``, preprocessing
 included) at the same rank (``--rank``) and number of validation points, so
@@ -43,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "_out" / "out_of_core"
 # The same validation set size for every fit (the 64 x 64 map holds out 205).
 _VALIDATION_POINTS = 200
+_CHUNK_COLUMNS = 128
 
 
 def _peak_rss_mb() -> float:
@@ -80,7 +82,9 @@ def _child(
 
     if mode.startswith("streamed"):
         s = kp.load(path, lazy=True)
-        s.data = s.data.rechunk((chunk, -1, -1, -1))
+        # The same chunk (chunk x 128 points) for every map: the transient
+        # copies of a chunk being read scale with it, not with the map.
+        s.data = s.data.rechunk((chunk, _CHUNK_COLUMNS, -1, -1))
     else:
         s = synthetic_polycrystal((64, 64), (60, 60), seed=11, n_grains=40)
     s.set_signal_type("NeuralEBSD")
