@@ -21,11 +21,11 @@ Maps (``--maps``, comma-separated):
     The same with ``n_grains=12`` (12 grains + 6 twins): grains closer in size,
     relative to the step, to those of the real crop.
 ``matched``
-    The same with ``n_grains=6`` (6 grains + 3 twins): the grain density at
-    which the share of held-out points within one step of a boundary matches
-    the real crop's (19.6 % there; boundary length grows as the square root
-    of the grain count, and ``coarse`` has 27.6 %), i.e. a synthetic map with
-    the real recrystallised microstructure's boundary density.
+    The same with ``n_grains=6`` (6 grains + 3 twins), chosen to bring the
+    share of held-out points within one step of a boundary near the real
+    crop's 19.6 % (boundary length grows as the square root of the grain
+    count; ``coarse`` has 27.6 %, this map 16.1 %): a synthetic map with
+    about the real recrystallised microstructure's boundary density.
 ``real``
     The real Ni-superalloy crop of ``../shared`` (Calvat et al., CC0), rows
     50-149, columns 0-99 (100 x 100 points, several grains and twins),
