@@ -9,7 +9,9 @@ the measured one (``measured ~ g * field + o``, over all pixels). The model
 stores them (4 bytes per point in reduced precision files) and applies them
 wherever it decodes: exactly at scan points, bilinearly interpolated between
 them (nearest point for scattered scans). Points the fit could not read
-(masked, non-finite) take the values of the nearest point it could.
+(masked, non-finite) take the values of the nearest point it could. The
+diffraction gradient stays that of the field alone: an overall intensity
+change does not move a band.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def fit_point_intensity(model, source, readable: np.ndarray) -> np.ndarray:
     table
         float32 ``(n_points, 2)``: gain and offset in measured units.
     """
+    if model.point_intensity is not None:
+        raise ValueError("The model already has per-point intensities")
     g = model.geometry
     table = np.full((g.n_points, 2), np.nan, np.float32)
     xy_all = g.index_to_xy(np.arange(g.n_points))
