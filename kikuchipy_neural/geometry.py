@@ -341,3 +341,49 @@ class ScanGeometry:
             return self._positions_array[np.asarray(flat_index)]
         rows, cols = np.divmod(np.asarray(flat_index), self.nx)
         return np.stack([self.x0 + cols * self.dx, self.y0 + rows * self.dy], -1)
+
+    def interpolate(self, values: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        """Per-point ``values`` ``(n_points, k)`` linearly interpolated to ``xy``.
+
+        Bilinear on a grid (constant along an axis of one point), on the
+        Delaunay triangulation of scattered points (the nearest point's
+        values beyond their convex hull); grids extend linearly beyond the
+        scan. Returns ``(..., k)`` float64.
+        """
+        from scipy.interpolate import LinearNDInterpolator, RegularGridInterpolator
+
+        values = np.asarray(values, dtype=np.float64).reshape(self.n_points, -1)
+        xy = np.asarray(xy, dtype=np.float64)
+        flat = xy.reshape(-1, 2)
+        k = values.shape[1]
+        if self.scattered:
+            points = self.index_to_xy(np.arange(self.n_points))
+            out = LinearNDInterpolator(points, values)(flat)
+            outside = np.isnan(out).any(axis=1)
+            if outside.any():
+                from scipy.spatial import cKDTree
+
+                out[outside] = values[cKDTree(points).query(flat[outside])[1]]
+            return out.reshape(*xy.shape[:-1], k)
+        grid = values.reshape(self.ny, self.nx, k)
+        coords, samples = [], []
+        # Axes with one point are constant along them; the others are made
+        # ascending for the interpolator.
+        for axis, (n, start, step, column) in enumerate(
+            ((self.ny, self.y0, self.dy, 1), (self.nx, self.x0, self.dx, 0))
+        ):
+            if n == 1:
+                grid = grid.take([0], axis=axis)
+                continue
+            ticks = start + np.arange(n) * step
+            if step < 0:
+                ticks, grid = ticks[::-1], np.flip(grid, axis=axis)
+            coords.append(ticks)
+            samples.append(flat[:, column])
+        grid = grid.reshape(*(len(c) for c in coords), k)
+        if not coords:
+            return np.broadcast_to(grid.reshape(k), (*xy.shape[:-1], k)).copy()
+        interpolator = RegularGridInterpolator(
+            tuple(coords), grid, method="linear", bounds_error=False, fill_value=None
+        )
+        return interpolator(np.stack(samples, axis=-1)).reshape(*xy.shape[:-1], k)

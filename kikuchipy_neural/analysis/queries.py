@@ -171,50 +171,10 @@ def interpolate_pc(
         the scan), or None when the detector has a single PC (nothing to
         interpolate) or PCs that do not match the scan's points.
     """
-    from scipy.interpolate import LinearNDInterpolator, RegularGridInterpolator
-
     pc = np.asarray(detector.pc, dtype=np.float64)
-    xy = np.asarray(xy, dtype=np.float64)
     if pc.reshape(-1, 3).shape[0] == 1 or pc.size != 3 * geometry.n_points:
         return None
-    flat = xy.reshape(-1, 2)
-    if geometry.scattered:
-        points = geometry.index_to_xy(np.arange(geometry.n_points))
-        values = pc.reshape(-1, 3)
-        out = LinearNDInterpolator(points, values)(flat)
-        outside = np.isnan(out).any(axis=1)
-        if outside.any():
-            # Beyond the convex hull (still inside the bounding rectangle):
-            # the nearest point's PC.
-            from scipy.spatial import cKDTree
-
-            out[outside] = values[cKDTree(points).query(flat[outside])[1]]
-        return out.reshape(*xy.shape[:-1], 3)
-    grid = pc.reshape(geometry.ny, geometry.nx, 3)
-    coords, samples = [], []
-    # Axes with one point are constant along them; the others are made
-    # ascending for the interpolator.
-    for axis, (n, start, step, column) in enumerate(
-        (
-            (geometry.ny, geometry.y0, geometry.dy, 1),
-            (geometry.nx, geometry.x0, geometry.dx, 0),
-        )
-    ):
-        if n == 1:
-            grid = grid.take([0], axis=axis)
-            continue
-        ticks = start + np.arange(n) * step
-        if step < 0:
-            ticks, grid = ticks[::-1], np.flip(grid, axis=axis)
-        coords.append(ticks)
-        samples.append(flat[:, column])
-    grid = grid.reshape(*(len(c) for c in coords), 3)
-    if not coords:
-        return np.broadcast_to(grid.reshape(3), (*xy.shape[:-1], 3)).copy()
-    interpolator = RegularGridInterpolator(
-        tuple(coords), grid, method="linear", bounds_error=False, fill_value=None
-    )
-    return interpolator(np.stack(samples, axis=-1)).reshape(*xy.shape[:-1], 3)
+    return geometry.interpolate(pc.reshape(-1, 3), xy)
 
 
 def carry_detector(detector, geometry: ScanGeometry, xy: np.ndarray):

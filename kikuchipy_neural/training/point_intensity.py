@@ -7,8 +7,8 @@ scores carry it, a continuous field cannot. With the fit option
 least-squares gain ``g`` and offset ``o`` that map the field's pattern onto
 the measured one (``measured ~ g * field + o``, over all pixels). The model
 stores them (4 bytes per point in reduced precision files) and applies them
-wherever it decodes: exactly at scan points, bilinearly interpolated between
-them (nearest point for scattered scans). Points the fit could not read
+wherever it decodes: exactly at scan points, linearly interpolated between
+them (:meth:`~kikuchipy_neural.geometry.ScanGeometry.interpolate`). Points the fit could not read
 (masked, non-finite) take the values of the nearest point it could. The
 diffraction gradient stays that of the field alone: an overall intensity
 change does not move a band.
@@ -92,28 +92,12 @@ def apply_point_intensity(
     """``patterns = gain(xy) * patterns + offset(xy)`` in place.
 
     ``xy`` ``(n, 2)`` calibrated positions, ``patterns`` ``(n, n_pixels)``.
-    Gain and offset are bilinear between grid points (clamped at the edges),
-    the nearest point's for scattered scans.
+    Gain and offset are interpolated by :meth:`ScanGeometry.interpolate`
+    from positions clamped to the scan's rectangle, so that extrapolated
+    queries take the values at the scan's edge.
     """
-    if geometry.scattered:
-        from scipy.spatial import cKDTree
-
-        points = geometry.index_to_xy(np.arange(geometry.n_points))
-        values = table[cKDTree(points).query(xy)[1]]
-    else:
-        # Fractional (row, column) of each position on the scan grid.
-        g = geometry
-        col = (xy[:, 0] - g.x0) / g.dx if g.nx > 1 else np.zeros(len(xy))
-        row = (xy[:, 1] - g.y0) / g.dy if g.ny > 1 else np.zeros(len(xy))
-        grid = table.reshape(*geometry.nav_shape, 2)
-        values = np.stack(
-            [
-                ndimage.map_coordinates(
-                    grid[..., k], [row, col], order=1, mode="nearest"
-                )
-                for k in range(2)
-            ],
-            axis=1,
-        )
+    (x0, x1), (y0, y1) = geometry.x_range, geometry.y_range
+    inside = np.column_stack([np.clip(xy[:, 0], x0, x1), np.clip(xy[:, 1], y0, y1)])
+    values = geometry.interpolate(table, inside)
     patterns *= values[:, :1].astype(patterns.dtype)
     patterns += values[:, 1:].astype(patterns.dtype)
