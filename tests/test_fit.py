@@ -351,7 +351,14 @@ def test_warm_start_has_its_own_learning_rate_and_batch(small_map, monkeypatch):
         return batch
 
     monkeypatch.setattr(ScoreSampler, "__call__", spy)
-    options = dict(FAST_FIT, lr_ramp_steps=0, warm_start_patience=2, patience=2)
+    # No halving on a stall here: this test is about the starting values.
+    options = dict(
+        FAST_FIT,
+        lr_ramp_steps=0,
+        warm_start_patience=2,
+        warm_start_plateau_patience=100,
+        patience=2,
+    )
     model = small_map.deepcopy().fit_neural(
         max_steps=150, warm_start_lr=3e-4, warm_start_positions=16, lr=5e-5, **options
     )
@@ -368,6 +375,34 @@ def test_warm_start_has_its_own_learning_rate_and_batch(small_map, monkeypatch):
         FitOptions.from_kwargs(warm_start_lr=0.0)
     with pytest.raises(ValueError, match="warm_start_positions"):
         FitOptions.from_kwargs(warm_start_positions=0)
+
+
+def test_warm_start_halves_its_learning_rate_on_a_stall(small_map):
+    # A learning rate far too high for the warm start: its validation loss
+    # stalls, and with warm_start_plateau_patience=0 every evaluation that
+    # does not improve halves the rate. The stage ends after
+    # warm_start_patience such evaluations, so the rate has halved at
+    # least that often; the fit stage, before its warmup_steps, keeps lr.
+    options = dict(FAST_FIT, lr_ramp_steps=0, warm_start_patience=4, patience=2)
+    model = small_map.deepcopy().fit_neural(
+        max_steps=2000,
+        warm_start_lr=1e-2,
+        warm_start_plateau_patience=0,
+        lr=5e-5,
+        warmup_steps=10**6,
+        **options,
+    )
+    h = model.history
+    warm = [lr for s, lr in zip(h["stage"], h["lr"], strict=True) if s == "warm_start"]
+    fit = {lr for s, lr in zip(h["stage"], h["lr"], strict=True) if s == "fit"}
+    assert warm[0] == 1e-2
+    assert np.all(np.diff(warm) <= 0)
+    assert warm[-1] <= 1e-2 / 2**4
+    assert fit == {5e-5}
+    for name in ("warm_start_plateau_patience", "plateau_patience", "warmup_steps"):
+        assert getattr(FitOptions.from_kwargs(**{name: 0}), name) == 0
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= 0"):
+            FitOptions.from_kwargs(**{name: -1})
 
 
 def test_progressbar_and_history(small_map, capsys):

@@ -175,7 +175,10 @@ def _build_stages(
                 parameters=list(field.siren.parameters()),
                 patience=opts.warm_start_patience,
                 min_delta=0.0,
-                use_plateau=False,
+                # Halving on a stall lets the warm start begin fast and
+                # still settle: at a fixed 2e-4 it diverges on real patterns.
+                use_plateau=True,
+                plateau_patience=opts.warm_start_plateau_patience,
                 lr=opts.warm_start_lr,
             )
         )
@@ -195,6 +198,7 @@ def _build_stages(
             min_delta=opts.min_delta,
             # The joint baseline halves its learning rate on a fixed schedule.
             use_plateau=not joint,
+            plateau_warmup=opts.warmup_steps,
             lr_halving_steps=opts.lr_halving_steps if joint else None,
             grad_clip=opts.grad_clip,
             on_step=set_curriculum if joint else None,

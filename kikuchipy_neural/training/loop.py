@@ -48,6 +48,10 @@ class StageSpec:
     """One stage: what it trains, how batches are drawn, when it stops.
 
     ``lr`` is the stage's learning rate (None: the fit's ``lr`` option).
+    With ``use_plateau`` the learning rate is halved (``plateau_factor``)
+    once the validation loss has not improved for ``plateau_patience``
+    evaluations (None: the fit's ``plateau_patience`` option), counted
+    from the stage's step ``plateau_warmup`` on.
     ``lr_halving_steps`` (halve the learning rate every that many steps of
     the stage) replaces the plateau schedule when set; ``grad_clip`` caps the
     gradient norm of the stage's parameters; ``on_step(step)`` is called
@@ -61,6 +65,8 @@ class StageSpec:
     patience: int
     min_delta: float
     use_plateau: bool
+    plateau_patience: int | None = None
+    plateau_warmup: int = 0
     lr_ramp_steps: int = 0  # linear learning-rate warm-up from 0
     lr_halving_steps: int | None = None
     grad_clip: float | None = None
@@ -144,7 +150,9 @@ class Trainer:
             else torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt,
                 factor=options.plateau_factor,
-                patience=options.plateau_patience,
+                patience=options.plateau_patience
+                if s.plateau_patience is None
+                else s.plateau_patience,
                 min_lr=options.min_lr,
             )
             for s, opt in zip(stages, self.optimizers, strict=True)
@@ -341,7 +349,7 @@ class Trainer:
             state.bad_evals += 1
         if state.bad_evals >= stage.patience:
             state.done = True
-        if stage.use_plateau and state.step >= self.opts.warmup_steps:
+        if stage.use_plateau and state.step >= stage.plateau_warmup:
             scheduler.step(val_loss)
         if progressbar is not None:
             # Early stopping decides the end: show how close it is.

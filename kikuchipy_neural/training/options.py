@@ -55,6 +55,7 @@ FORMULATION_ONLY: dict[str, tuple[str, ...]] = {
         "min_lr",
         "warm_start",
         "warm_start_patience",
+        "warm_start_plateau_patience",
         "warm_start_lr",
         "warm_start_positions",
         "lr_ramp_steps",
@@ -100,8 +101,11 @@ class FitOptions:
         ``positions_per_batch``) at ``warm_start_lr=2e-4`` (None: ``lr``;
         higher than ``lr`` because regressing scores is an easier problem:
         it reaches a given accuracy 1.5-2x sooner, and 1e-3 diverges),
-        early-stopped on the validation MAE after
-        ``warm_start_patience=10`` evaluations without improvement, before the
+        its learning rate halved whenever the validation loss has not
+        improved for more than ``warm_start_plateau_patience=1`` evaluation
+        (a fixed 2e-4 diverges on real patterns after its best point),
+        early-stopped after ``warm_start_patience=10`` evaluations without
+        improvement, before the
         joint fit of SIREN and bases on patterns, whose learning rate then
         rises linearly from 0 to ``lr`` over ``lr_ramp_steps=200`` steps (a
         fresh Adam would otherwise jolt the warm-started parameters).
@@ -166,6 +170,7 @@ class FitOptions:
     # warm start
     warm_start: bool = True
     warm_start_patience: int = 10
+    warm_start_plateau_patience: int = 1
     warm_start_lr: float | None = 2e-4
     warm_start_positions: int | None = None
     lr_ramp_steps: int = 200
@@ -276,8 +281,6 @@ class FitOptions:
         positive_ints = (
             "siren_width",
             "siren_layers",
-            "warmup_steps",
-            "plateau_patience",
             "patience",
             "positions_per_batch",
             "batch_size",
@@ -291,10 +294,16 @@ class FitOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.lr_ramp_steps, int) or self.lr_ramp_steps < 0:
-            raise ValueError(
-                f"lr_ramp_steps must be an integer >= 0, got {self.lr_ramp_steps!r}"
-            )
+        non_negative_ints = (
+            "warmup_steps",
+            "plateau_patience",
+            "warm_start_plateau_patience",
+            "lr_ramp_steps",
+        )
+        for name in non_negative_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         for name in ("pixels_per_position", "warm_start_positions"):
             value = getattr(self, name)
             if value is not None and (
