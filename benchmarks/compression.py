@@ -267,6 +267,9 @@ def _neural_points(
         if model.geometry.nav_shape != (ny, nx):
             print(f"{source.name}: fitted on another scan, skipped")
             continue
+        # Each model is evaluated as fitted and, with --point-intensity, with
+        # intensities fitted here, whether or not its file brought its own.
+        model.point_intensity = None
         if with_pi:
             # What fit_neural(point_intensity=True) adds after training.
             model.point_intensity = fit_point_intensity(
