@@ -719,6 +719,12 @@ def cmd_evaluate(args) -> None:
         rows += _lossless_points(data, args.lossless_fraction)
     for r in rows:
         r["bytes_full_map"] = _extrapolate(r, n)
+    if args.update and RESULTS.exists():
+        # Keep the earlier rows this run did not redo (e.g. the baselines
+        # with --skip-pca/--skip-lossless, other models' rows).
+        redone = {_row_key(r) for r in rows}
+        earlier = json.loads(RESULTS.read_text())["rows"]
+        rows = [r for r in earlier if _row_key(r) not in redone] + rows
     result = {
         "scan_shape": list(data.shape[:2]),
         "pattern_shape": list(data.shape[2:]),
@@ -729,6 +735,10 @@ def cmd_evaluate(args) -> None:
         "rows": rows,
     }
     _write_report(result)
+
+
+def _row_key(row: dict) -> tuple:
+    return row["method"], row.get("name", row["label"]), row.get("rank")
 
 
 def cmd_replot(args) -> None:
@@ -867,6 +877,11 @@ def main(argv=None) -> None:
     )
     p.add_argument("--skip-pca", action="store_true")
     p.add_argument("--skip-lossless", action="store_true")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the earlier results' rows that this run does not redo",
+    )
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("replot", help="table and figure again from the saved JSON")

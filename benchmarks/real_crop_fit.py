@@ -65,6 +65,12 @@ def main() -> None:
     fit_seconds = time.perf_counter() - started
     rec = model.reconstruct()
     mae = map_mae(rec, measured, full_scale=full_scale)
+    mae_field = mae
+    if model.point_intensity is not None:
+        # The field alone, for comparison with fits without the option.
+        table, model.point_intensity = model.point_intensity, None
+        mae_field = map_mae(model.reconstruct(), measured, full_scale=full_scale)
+        model.point_intensity = table
 
     # PCA at the same rank, from the same kind of subsample, on every point.
     x = torch.from_numpy(measured.reshape(n * n, -1).astype(np.float32))
@@ -98,6 +104,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "mae_aperture_counts": mae.counts,
         "mae_aperture_percent_of_max": mae.percent_of_max,
+        "mae_aperture_counts_without_point_intensity": mae_field.counts,
         "pca_same_rank_mae_aperture_counts": pca_mae.counts,
         "file_bytes": sizes,
         "raw_uint16_bytes": raw,
