@@ -290,20 +290,20 @@ class FitOptions:
             "pca_samples",
             "memory_budget",
         )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         non_negative_ints = (
             "warmup_steps",
             "plateau_patience",
             "warm_start_plateau_patience",
             "lr_ramp_steps",
         )
-        for name in non_negative_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        for names, low, what in (
+            (positive_ints, 1, "a positive integer"),
+            (non_negative_ints, 0, "an integer >= 0"),
+        ):
+            for name in names:
+                value = getattr(self, name)
+                if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                    raise ValueError(f"{name} must be {what}, got {value!r}")
         for name in ("pixels_per_position", "warm_start_positions"):
             value = getattr(self, name)
             if value is not None and (
