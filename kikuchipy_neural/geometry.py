@@ -180,6 +180,20 @@ class ScanGeometry:
         # frozen dataclass allows; converting the tuples once keeps queries fast.
         return np.asarray(self.positions, dtype=np.float64).reshape(-1, 2)
 
+    @cached_property
+    def _triangulation(self):
+        # Interpolation of scattered scans runs once per decoded chunk:
+        # triangulate the points once, not per call.
+        from scipy.spatial import Delaunay
+
+        return Delaunay(self._positions_array)
+
+    @cached_property
+    def _tree(self):
+        from scipy.spatial import cKDTree
+
+        return cKDTree(self._positions_array)
+
     @property
     def nav_shape(self) -> tuple[int, int]:
         """Scan shape ``(ny, nx)``."""
@@ -357,13 +371,10 @@ class ScanGeometry:
         flat = xy.reshape(-1, 2)
         k = values.shape[1]
         if self.scattered:
-            points = self.index_to_xy(np.arange(self.n_points))
-            out = LinearNDInterpolator(points, values)(flat)
+            out = LinearNDInterpolator(self._triangulation, values)(flat)
             outside = np.isnan(out).any(axis=1)
             if outside.any():
-                from scipy.spatial import cKDTree
-
-                out[outside] = values[cKDTree(points).query(flat[outside])[1]]
+                out[outside] = values[self._tree.query(flat[outside])[1]]
             return out.reshape(*xy.shape[:-1], k)
         grid = values.reshape(self.ny, self.nx, k)
         coords, samples = [], []

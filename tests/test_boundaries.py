@@ -349,9 +349,10 @@ def two_grain_fitted(two_grain):
     # This test's small network (FAST_FIT) places the two-grain boundary
     # reliably only with the warm start at the paper's lr: fit seeds 0-3 put
     # the main ridge's median 0.07-0.10 step from the truth at 1e-4, but two
-    # of four 0.7 step off at the default 2e-4 (chosen for the default
-    # 512-wide network, whose boundary accuracy benchmarks/boundaries.py
-    # measures).
+    # of four 0.7 step off at a fixed 2e-4 (the default start, chosen for
+    # the default 512-wide network, whose boundary accuracy
+    # benchmarks/boundaries.py measures; measured before the warm start
+    # halved its rate on a stall).
     s.fit_neural(seed=0, **dict(FAST_FIT, warm_start_lr=1e-4))
     return s, truth
 
