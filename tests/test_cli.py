@@ -1,4 +1,4 @@
-"""Tests of the ``kikuchipy-neural`` command line (fit, decode, info)."""
+"""Tests of the ``kikuchipy-neural`` command line (fit, decode, info, demo)."""
 
 from __future__ import annotations
 
@@ -161,3 +161,21 @@ def test_cli_runs_as_a_module():
     )
     assert result.returncode == 0
     assert result.stdout.startswith("kikuchipy-neural ")
+
+
+def test_demo_writes_its_report_and_beats_the_noise(tmp_path):
+    # The README's main command, on its tiny map (--quick): every figure and
+    # table lands in --out, and the reconstruction is far closer to the
+    # noise-free truth than the measured patterns (measured 2026-12-01:
+    # 77.6 vs 696.1 counts) and indexes to the true orientations.
+    out = tmp_path / "report"
+    assert cli.main(["demo", "--quick", "--quiet", "--out", str(out)]) == 0
+    for name in ("report.html", "report.md", "orientations.png", "model.h5"):
+        assert (out / name).stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    floor = summary["noise floor: measured vs truth (counts)"]
+    assert summary["MAE vs truth (counts)"] < 0.25 * floor
+    assert summary[">= 4 deg, reconstructed indexing vs truth (%)"] <= 5.0
+    from kikuchipy_neural import load_model
+
+    assert load_model(out / "model.h5").rank == summary["rank"]
