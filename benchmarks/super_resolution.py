@@ -43,9 +43,10 @@ behind the fit's warning; 16 for the 65-point maps, 25 for the 100-point
 crop; 0.75 rad did as well on the matched map). Each map is fitted with
 several seeds (``--seeds``, default 0-3) and the neural row reports their
 mean: single fits differ by up to 1 % of the held-out points in the
->= 4 deg share (which points near a boundary fall on the wrong side). Early stopping and model
-selection use the fit's validation points, which are sparse-grid points held
-out from training: the criterion measures interpolation over two steps.
+>= 4 deg share (which points near a boundary fall on the wrong side).
+Early stopping and model selection use the fit's validation points, which
+are sparse-grid points held out from training: the criterion measures
+interpolation over two steps.
 
 Steps (subcommands):
 
