@@ -80,9 +80,9 @@ print(f"{known.sum()} training points ({known.mean():.0%}), {held.sum()} held ou
 # interpolates: neighbouring *training* points should be about 0.5 rad apart
 # in it. The training points are 2 steps apart and the longer side of the
 # scan spans 2 network units, hence the rule below. With a quarter of a small
-# scan to learn from, half the paper's SIREN width (256) also places the
-# boundaries between training points better than 512 (benchmarks/README.md,
-# Super-resolution).
+# scan to learn from, half the paper's SIREN width (256) also did better
+# than 512 on such maps: 25-30 % lower MAE against the truth
+# (benchmarks/README.md, Super-resolution).
 
 # %%
 spacing = 2 * 2.0 / (n - 1)  # network units between training points
