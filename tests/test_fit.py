@@ -405,35 +405,6 @@ def test_warm_start_halves_its_learning_rate_on_a_stall(small_map):
             FitOptions.from_kwargs(**{name: -1})
 
 
-def test_a_stall_at_min_lr_ends_the_stage(small_map):
-    # The warm start halves from 1e-2 to min_lr = 1e-2 / 8 within a few
-    # evaluations; its own patience (10**6) never ends it, so only a stall at
-    # min_lr can hand over to the fit stage before max_steps.
-    min_lr = 1e-2 / 8
-    options = dict(FAST_FIT, lr_ramp_steps=0, warm_start_patience=10**6, patience=2)
-    model = small_map.deepcopy().fit_neural(
-        max_steps=3000,
-        warm_start_lr=1e-2,
-        warm_start_plateau_patience=0,
-        min_lr=min_lr,
-        lr=min_lr,
-        warmup_steps=10**6,
-        **options,
-    )
-    h = model.history
-    warm = [
-        (lr, loss)
-        for s, lr, loss in zip(h["stage"], h["lr"], h["val_loss"], strict=True)
-        if s == "warm_start"
-    ]
-    assert "fit" in h["stage"]
-    assert model.info["steps"] < 3000
-    lr_last, loss_last = warm[-1]
-    assert lr_last == pytest.approx(min_lr)
-    # It ended on a stall: its last evaluation did not improve on the best.
-    assert loss_last >= min(loss for _, loss in warm[:-1])
-
-
 def test_progressbar_and_history(small_map, capsys):
     model = small_map.deepcopy().fit_neural(
         max_steps=12, **dict(FAST_FIT, show_progressbar=True)

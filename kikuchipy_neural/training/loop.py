@@ -51,8 +51,7 @@ class StageSpec:
     With ``use_plateau`` the learning rate is halved (``plateau_factor``)
     once the validation loss has not improved for ``plateau_patience``
     evaluations (None: the fit's ``plateau_patience`` option), counted
-    from the stage's step ``plateau_warmup`` on; a stall that long at the
-    fit's ``min_lr`` ends the stage (before its ``patience``).
+    from the stage's step ``plateau_warmup`` on.
     ``lr_halving_steps`` (halve the learning rate every that many steps of
     the stage) replaces the plateau schedule when set; ``grad_clip`` caps the
     gradient norm of the stage's parameters; ``on_step(step)`` is called
@@ -81,7 +80,6 @@ class _StageState:
     best_loss: float = math.inf  # lowest validation loss (for restoring)
     patience_ref: float = math.inf  # level to beat by min_delta
     bad_evals: int = 0
-    stalls_at_min_lr: int = 0  # evaluations at min_lr without improvement
     best_state: dict | None = None
     done: bool = False
 
@@ -344,8 +342,7 @@ class Trainer:
         if val_loss < state.best_loss:
             state.best_loss = val_loss
             state.best_state = copy.deepcopy(self.field.state_dict())
-        improved = val_loss < state.patience_ref - stage.min_delta
-        if improved:
+        if val_loss < state.patience_ref - stage.min_delta:
             state.patience_ref = val_loss
             state.bad_evals = 0
         else:
@@ -353,16 +350,6 @@ class Trainer:
         if state.bad_evals >= stage.patience:
             state.done = True
         if stage.use_plateau and state.step >= stage.plateau_warmup:
-            if state.step >= stage.lr_ramp_steps and all(
-                group["lr"] <= self.opts.min_lr
-                for group in self.optimizers[i].param_groups
-            ):
-                # A stall that would halve the rate once more ends the stage
-                # at min_lr: from there the loss only creeps (real crop warm
-                # start: 300 s at min_lr for 0.3 counts).
-                state.stalls_at_min_lr = 0 if improved else state.stalls_at_min_lr + 1
-                if state.stalls_at_min_lr > scheduler.patience:
-                    state.done = True
             scheduler.step(val_loss)
         if progressbar is not None:
             # Early stopping decides the end: show how close it is.

@@ -87,9 +87,7 @@ class FitOptions:
         ``plateau_patience=10`` evaluations, ``min_lr=1e-6``) after
         ``warmup_steps=4000``; early stopping when the validation loss improves
         by no more than ``min_delta=1e-5`` for ``patience=30`` evaluations;
-        ``max_steps=200_000`` (fit_neural's argument). Ours, in every stage
-        with a plateau schedule: a stall that would halve the rate below
-        ``min_lr`` ends the stage.
+        ``max_steps=200_000`` (fit_neural's argument).
     Sampling
         ``sampler="positions"`` (ours, the default): each batch is
         ``positions_per_batch=1024`` scan positions times
