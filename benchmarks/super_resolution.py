@@ -423,32 +423,31 @@ def evaluate_map(name: str, seeds: list[int]) -> dict:
         | {"neural": neural}
         | {k: v for k, v in rows.items() if k not in baselines}
     )
-    first = models[seeds[0]][1]
+    model, info = models[seeds[0]]  # the first seed's fit: figure and summary
     result = {
         "map": name,
         "shape": list(s.data.shape),
         "n_held": int(held.sum()),
         "n_near": int(near.sum()),
         "fit": {
-            k: first[k]
+            k: info[k]
             for k in ("steps", "stop_reason", "wall_seconds", "device")
-            if k in first
+            if k in info
         },
         "seeds": list(seeds),
         "neural_seeds": [
             dict(seed=seed, steps=models[seed][1].get("steps"), **row)
             for seed, row in zip(seeds, per_seed, strict=True)
         ],
-        "rank": models[seeds[0]][0].rank,
-        "first_omega_0": models[seeds[0]][0].field.config.get("first_omega_0"),
-        "siren_width": models[seeds[0]][0].field.config.get("width"),
+        "rank": model.rank,
+        "first_omega_0": model.field.config.get("first_omega_0"),
+        "siren_width": model.field.config.get("width"),
         "decode_seconds": float(np.mean(decode_seconds)),
         "pc": np.asarray(detector.pc_average).round(4).tolist(),
         "rows": rows,
     }
     if truth is not None:
         result["truth_description"] = repr(truth)
-    # The figure shows the first seed's fit.
     variants["neural"] = variants[neural_keys[0]]
     indexed["neural"] = indexed[neural_keys[0]]
     _figure(name, s, known, near, indexed, variants, measured, truth, result)
@@ -548,8 +547,6 @@ def _trio(row: dict, prefix: str) -> str:
 def _table(results: list[dict]) -> str:
     lines = []
     for r in results:
-        # Results written before the seeds were added: one fit, seed 0, width 512.
-        r = {"seeds": [0], "neural_seeds": [], "siren_width": 512} | r
         truth = "off_vs_truth" in r["rows"]["neural"]
         lines.append(
             f"### {r['map']}: {r['shape'][0]}x{r['shape'][1]} points of "
@@ -592,10 +589,11 @@ def _table(results: list[dict]) -> str:
                     else "-"
                 )
             lines.append("| " + " | ".join(cells) + " |")
-        vs = "truth" if truth else "measured idx"
+        off, vs = (
+            ("off_vs_truth", "truth") if truth else ("off_vs_measured", "measured idx")
+        )
         per_seed = ", ".join(
-            f"seed {x['seed']} {100 * (1 - x['off_vs_' + vs.split()[0]]):.1f} %"
-            for x in r["neural_seeds"]
+            f"seed {x['seed']} {100 * (1 - x[off]):.1f} %" for x in r["neural_seeds"]
         )
         lines.append("")
         lines.append(f"neural, within 4 deg of the {vs}, per fit: {per_seed}")
