@@ -23,10 +23,18 @@ the one under the beam centre)
     estimated from the noisy training patterns by non-negative least squares
     on the pure patterns of the grains around each point.
 
+``field, unmixed`` (matched map)
+    The benchmark's four fits (``_out/super_resolution/matched_model_seed*``):
+    their decoded patterns unmixed the same way.
+
 Patterns, Hough-indexed as in the benchmark (>= 4 deg from the truth)
 
 ``truth``
     The noise-free patterns themselves (beam mixtures near boundaries).
+``oracle mixtures``
+    The truth, except at the near-boundary held-out points: the pure
+    patterns mixed with ``fractions_estimated``'s fractions, i.e. the best
+    faithful reconstruction these rules know.
 ``thin_plate``
     Thin-plate-spline interpolation of the training patterns' PCA scores
     (rank 40; smoothing 0 and 3): the smoothest interpolant, what a curvature
@@ -59,14 +67,34 @@ def _map(seed: int):
     return synthetic_polycrystal((65, 65), (60, 60), seed=seed, twins=True, n_grains=6)
 
 
-def _local_linear(fractions, ky, kx, i, j, radius=3.0):
-    """Weighted linear fit of the fractions around (i, j), value at (i, j)."""
+def _local_linear(fractions, ky, kx, i, j, radius=3.0) -> np.ndarray:
+    """Weighted linear fit of the fractions around (i, j): the fractions at
+    (i, j), clipped to [0, 1] and summing to 1."""
     d2 = (ky - i) ** 2 + (kx - j) ** 2
     m = d2 <= radius**2
     design = np.c_[np.ones(m.sum()), kx[m] - j, ky[m] - i]
     w = np.sqrt(np.exp(-d2[m] / radius**2))[:, None]
     coef, *_ = np.linalg.lstsq(design * w, fractions[m] * w, rcond=None)
-    return int(np.argmax(coef[0]))
+    value = np.clip(coef[0], 0, 1)
+    return value / value.sum()
+
+
+def _unmix(truth, pattern, i, j) -> np.ndarray:
+    """Beam fractions of ``pattern`` at point (i, j): non-negative least
+    squares on the pure patterns of the grains within 2 steps."""
+    from scipy.optimize import nnls
+
+    gid = truth.grain_id
+    out = np.zeros(truth.n_grain_ids)
+    grains = np.unique(gid[max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3])
+    if len(grains) == 1:
+        out[grains[0]] = 1.0
+        return out
+    xy = np.repeat(truth.xy[i, j][None], len(grains), 0)
+    pure = truth.grain_patterns(grains, xy).reshape(len(grains), -1)
+    w, _ = nnls(pure.T.astype(np.float64), np.ravel(pattern).astype(np.float64))
+    out[grains] = w / w.sum()
+    return out
 
 
 def _svm_labels(labels, ky, kx, i, j, radius=5.0):
@@ -86,27 +114,45 @@ def _nearest(labels, ky, kx, i, j):
     return int(grains[best[0]]) if len(best) == 1 else -1
 
 
-def _estimated_fractions(s, known, ky, kx):
-    """Beam fractions from the noisy patterns: NNLS on the pure patterns of
-    the grains within 2 steps of each training point."""
-    from scipy.optimize import nnls
+def _estimated_fractions(s, ky, kx) -> np.ndarray:
+    """Beam fractions of the noisy training patterns, unmixed."""
+    data = np.asarray(s.data)
+    return np.array(
+        [_unmix(s.truth, data[i, j], i, j) for i, j in zip(ky, kx, strict=True)]
+    )
 
-    truth = s.truth
-    gid = truth.grain_id
-    data = np.asarray(s.data, dtype=np.float64)
-    xy = truth.xy[known]
-    out = np.zeros((len(ky), truth.n_grain_ids))
-    for n, (i, j) in enumerate(zip(ky, kx, strict=True)):
-        grains = np.unique(gid[max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3])
-        if len(grains) == 1:
-            out[n, grains[0]] = 1.0
-            continue
-        pure = truth.grain_patterns(grains, np.repeat(xy[n][None], len(grains), 0))
-        w, _ = nnls(
-            pure.reshape(len(grains), -1).T.astype(np.float64), data[i, j].ravel()
-        )
-        out[n, grains] = w / w.sum()
-    return out
+
+def _mixtures(truth, fractions, points) -> np.ndarray:
+    """Noise-free patterns mixed from the pure ones with the given fractions."""
+    out = []
+    for f, (i, j) in zip(fractions, points, strict=True):
+        grains = np.flatnonzero(f)
+        xy = np.repeat(truth.xy[i, j][None], len(grains), 0)
+        pure = truth.grain_patterns(grains, xy)
+        out.append(np.tensordot(f[grains], pure, axes=1))
+    return np.array(out, dtype=np.float32)
+
+
+def _field_unmixed_wrong(s, near) -> list[int]:
+    """Wrong grains in the unmixed patterns of the benchmark's matched fits."""
+    from kikuchipy_neural.geometry import ScanGeometry
+
+    geometry = ScanGeometry.from_signal(s)
+    gid = s.truth.grain_id
+    points = list(zip(*np.nonzero(near), strict=True))
+    xy = np.array([s.truth.xy[p] for p in points])
+    wrong = []
+    for seed in range(4):
+        if not sr._model_path("matched", seed).exists():
+            break
+        model, _ = sr._load_model("matched", seed, geometry)
+        decoded = model.query(xy)
+        labels = [
+            np.argmax(_unmix(s.truth, pattern, i, j))
+            for pattern, (i, j) in zip(decoded, points, strict=True)
+        ]
+        wrong.append(int(sum(g != gid[p] for g, p in zip(labels, points, strict=True))))
+    return wrong
 
 
 def _hough_misses(s, patterns, near, held):
@@ -140,11 +186,14 @@ def evaluate(label: str, seed: int) -> dict:
         "nearest": lambda i, j: _nearest(labels, ky, kx, i, j),
         "svm_labels": lambda i, j: _svm_labels(labels, ky, kx, i, j),
     }
+    estimated = _estimated_fractions(s, ky, kx)
     for name, fractions in (
         ("fractions_true", truth.beam_fractions(truth.xy[known])),
-        ("fractions_estimated", _estimated_fractions(s, known, ky, kx)),
+        ("fractions_estimated", estimated),
     ):
-        rules[name] = lambda i, j, f=fractions: _local_linear(f, ky, kx, i, j)
+        rules[name] = lambda i, j, f=fractions: int(
+            np.argmax(_local_linear(f, ky, kx, i, j))
+        )
     result = dict(map=label, map_seed=seed, n_near=len(points), rules={})
     d = np.array([distance[p] for p in points])
     for name, rule in rules.items():
@@ -158,7 +207,18 @@ def evaluate(label: str, seed: int) -> dict:
         )
         print(label, name, result["rules"][name], flush=True)
 
+    if seed == MAP_SEEDS["matched"]:
+        result["field_unmixed_wrong"] = _field_unmixed_wrong(s, near)
+        print(label, "field, unmixed:", result["field_unmixed_wrong"], flush=True)
+
     result["patterns"] = {"truth": _hough_misses(s, truth.clean, near, held)}
+    # The oracle's patterns: the truth everywhere but at the near-boundary
+    # held-out points, where the pure patterns are mixed with the fractions
+    # the oracle extends from the unmixed training patterns.
+    oracle = np.array(truth.clean, dtype=np.float32)
+    fractions = [_local_linear(estimated, ky, kx, i, j) for i, j in points]
+    oracle[tuple(np.array(points).T)] = _mixtures(truth, fractions, points)
+    result["patterns"]["oracle mixtures"] = _hough_misses(s, oracle, near, held)
     measured = np.asarray(s.data, dtype=np.float32)
     train = measured[known].reshape(known.sum(), -1)
     mean = train.mean(axis=0)
@@ -196,6 +256,7 @@ def main() -> None:
             f"{r['rules'][name]['wrong']} of {r['n_near']} wrong grain" for r in results
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"| field, unmixed | {results[0]['field_unmixed_wrong']} | |")
     for name in results[0]["patterns"]:
         cells = [
             f"{r['patterns'][name]['near']} >= 4 deg "
