@@ -33,14 +33,15 @@ Patterns, Hough-indexed as in the benchmark (>= 4 deg from the truth)
     The noise-free patterns themselves (beam mixtures near boundaries).
 ``oracle mixtures``
     The truth, except at the near-boundary held-out points: the pure
-    patterns mixed with ``fractions_estimated``'s fractions, i.e. the best
-    faithful reconstruction these rules know.
+    patterns mixed with ``fractions_estimated``'s fractions (the oracle's
+    placement decoded as mixtures; its ramps are broader than the beam's).
 ``thin_plate``
     Thin-plate-spline interpolation of the training patterns' PCA scores
     (rank 40; smoothing 0 and 3): the smoothest interpolant, what a curvature
     prior on the field would aim at.
 
-Run by hand: ``python benchmarks/super_resolution_limits.py`` (about 5 min on
+Run by hand, after ``super_resolution.py fit --maps matched`` (for the
+field's row): ``python benchmarks/super_resolution_limits.py`` (about 8 min on
 2 cores); writes ``results/super_resolution_limits.json`` and prints a table.
 """
 
