@@ -355,28 +355,46 @@ def _quantise(
     return codes, lo.astype(np.float32), step
 
 
-def _pca_points(data, mask, ranks, bits_list, seed: int = 0) -> list[dict]:
+def _pca(data, n_components: int, seed: int = 0):
+    """PCA of the map's patterns (randomised SVD): mean ``(p,)``, components
+    ``(n_components, p)`` and scores ``(n_points, n_components)``."""
     import torch
 
-    ny, nx = data.shape[:2]
-    n = ny * nx
-    flat = data.reshape(n, -1)
-    x = torch.from_numpy(np.asarray(flat, np.float32))
+    n = data.shape[0] * data.shape[1]
+    x = torch.from_numpy(np.asarray(data.reshape(n, -1), np.float32))
     mean = x.mean(dim=0)
     x -= mean
-    q = max(ranks) - 1
     t = time.perf_counter()
     torch.manual_seed(seed)
-    _, _, v = torch.svd_lowrank(x, q=q + 10, niter=4)
-    v = v[:, :q].contiguous()
+    _, _, v = torch.svd_lowrank(x, q=n_components + 10, niter=4)
+    v = v[:, :n_components].contiguous()
     scores = (x @ v).numpy()
-    del x
-    comps = v.T.numpy()
-    mean = mean.numpy()
     print(
-        f"PCA of {n} patterns to {q} components in {time.perf_counter() - t:.0f} s",
+        f"PCA of {n} patterns to {n_components} components in "
+        f"{time.perf_counter() - t:.0f} s",
         flush=True,
     )
+    return mean.numpy(), v.T.numpy(), scores
+
+
+def _components_bytes(mean: np.ndarray, components: np.ndarray) -> tuple[int, str]:
+    """Mean and components as float16 through the best codec."""
+    return _compress_best(
+        np.concatenate([mean[None], components]).astype("<f2").tobytes(),
+        delta_width=2,
+    )
+
+
+def _score_maps_bytes(codes: np.ndarray, shape: tuple[int, int]) -> tuple[int, str]:
+    """Quantised scores ``(n_points, k)`` as component-major maps (each an
+    image the codec sees whole) through the best codec."""
+    maps = np.ascontiguousarray(codes.T.reshape(codes.shape[1], *shape))
+    return _compress_best(maps.tobytes(), delta_width=codes.itemsize)
+
+
+def _pca_points(data, mask, ranks, bits_list, seed: int = 0) -> list[dict]:
+    ny, nx = data.shape[:2]
+    mean, comps, scores = _pca(data, max(ranks) - 1, seed)
 
     rows = []
     for rank in ranks:
@@ -398,17 +416,12 @@ def _pca_points(data, mask, ranks, bits_list, seed: int = 0) -> list[dict]:
             f"PCA float16 rank {rank}: {nbytes / 1e6:.3f} MB, MAE {mae:.1f}", flush=True
         )
         # quantised score maps through a general codec
-        comp_bytes, comp_codec = _compress_best(
-            np.concatenate([mean[None], comps[:k]]).astype("<f2").tobytes(),
-            delta_width=2,
-        )
+        comp_bytes, comp_codec = _components_bytes(mean, comps[:k])
         for bits in bits_list:
             codes, lo, step = _quantise(scores[:, :k], bits)
             deq = lo + codes.astype(np.float32) * step
             mae = _map_mae(lambda a, b, m=m16, d=deq, c=c16: m + d[a:b] @ c, data, mask)
-            # Component-major maps: each score map is an image the codec sees whole.
-            maps = np.ascontiguousarray(codes.T.reshape(k, ny, nx))
-            score_bytes, codec = _compress_best(maps.tobytes(), delta_width=1)
+            score_bytes, codec = _score_maps_bytes(codes, (ny, nx))
             nbytes = comp_bytes + score_bytes + 8 * k
             rows.append(
                 dict(method=f"pca_q{bits}", label=f"PCA, {bits}-bit scores + codec", rank=rank,

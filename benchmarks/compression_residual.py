@@ -38,13 +38,6 @@ BITS = (6, 8)
 MAX_COMPONENTS = max(RANKS) - 1
 
 
-def _code_maps(codes: np.ndarray, shape: tuple[int, int]) -> tuple[int, str]:
-    """Component-major score maps through the benchmark's best codec."""
-    k = codes.shape[1]
-    maps = np.ascontiguousarray(codes.T.reshape(k, *shape))
-    return C._compress_best(maps.tobytes(), delta_width=codes.itemsize)
-
-
 def _decoded_mae(mean, scores, components, data, mask) -> float:
     return C._map_mae(lambda a, b: mean + scores[a:b] @ components, data, mask)
 
@@ -62,44 +55,33 @@ def main(model_path: str) -> None:
     network_bytes = os.path.getsize(model_path)
 
     # PCA exactly as compression.py computes it (same seed and solver).
-    x = torch.from_numpy(np.asarray(data.reshape(n, -1), np.float32))
-    mean = x.mean(dim=0)
-    x -= mean
-    torch.manual_seed(0)
-    _, _, v = torch.svd_lowrank(x, q=MAX_COMPONENTS + 10, niter=4)
-    v = v[:, :MAX_COMPONENTS].contiguous()
-    scores = (x @ v).numpy()
-    del x
-    components, mean = v.numpy(), mean.numpy()
+    mean, components, scores = C._pca(data, MAX_COMPONENTS)
 
     t = time.perf_counter()
     predicted = np.empty_like(scores)
     grid = model.geometry.grid_xy().reshape(-1, 2)
     for a in range(0, n, C._BLOCK):
-        patterns = model.query(grid[a : a + C._BLOCK]).reshape(-1, len(components))
-        predicted[a : a + C._BLOCK] = (patterns - mean) @ components
+        patterns = model.query(grid[a : a + C._BLOCK]).reshape(-1, len(mean))
+        predicted[a : a + C._BLOCK] = (patterns - mean) @ components.T
     print(f"field decoded and projected in {time.perf_counter() - t:.0f} s")
 
     scale = C.FULL_MAP_POINTS / n
     rows = []
     for rank in RANKS:
         k = rank - 1
-        fixed, _ = C._compress_best(
-            np.concatenate([mean[None], components[:, :k].T]).astype("<f2").tobytes(),
-            delta_width=2,
-        )
+        fixed, _ = C._components_bytes(mean, components[:k])
         fixed += 8 * k  # per-component offset and step
-        c16 = components[:, :k].T.astype(np.float16).astype(np.float32)
+        c16 = components[:k].astype(np.float16).astype(np.float32)
         m16 = mean.astype(np.float16).astype(np.float32)
         for bits in BITS:
             codes, lo, step = C._quantise(scores[:, :k], bits)
-            pca_maps, _ = _code_maps(codes, (ny, nx))
+            pca_maps, _ = C._score_maps_bytes(codes, (ny, nx))
             pca_values = lo + codes.astype(np.float32) * step
             residual = scores[:, :k] - predicted[:, :k]
             r_lo = residual.min(axis=0)
             r_codes = np.rint((residual - r_lo) / step).astype(np.int64)
             r_codes = r_codes.astype(np.uint8 if r_codes.max() < 256 else "<u2")
-            residual_maps, _ = _code_maps(r_codes, (ny, nx))
+            residual_maps, _ = C._score_maps_bytes(r_codes, (ny, nx))
             hybrid_values = predicted[:, :k] + r_lo + r_codes * step
             row = dict(
                 rank=rank,

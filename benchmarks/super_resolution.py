@@ -92,10 +92,11 @@ EVERY = 2  # training points: every other point along x and y
 THRESHOLD = 4.0  # deg
 TARGET_WITHIN = 0.98  # synthetic target; the paper reports 0.97 on real data
 # Half the paper's SIREN width: on the matched map (1089 training points,
-# 2026-12-01, seeds 0-2 each) width 256 left 61 near-boundary held-out points
-# >= 4 deg from the truth on average, 512 left 77, and the MAE vs the
-# truth fell from 103-119 to 79-84 counts (on a second 6-grain map, two
-# seeds: 77 vs 85 misses, within the seed spread; MAE 82-89 vs 93-117).
+# 2026-12-01) width 256 left 62 near-boundary held-out points >= 4 deg from
+# the truth on average (seeds 0-3), 512 left 77 (seeds 0-2), and the MAE vs
+# the truth fell from 103-119 to 79-84 counts (on a second 6-grain map:
+# 69 misses over seeds 0-3 vs 85 over seeds 0-1, within the seed spread;
+# MAE 80-89 vs 93-117).
 SIREN_WIDTH = 256
 
 

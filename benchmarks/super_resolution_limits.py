@@ -183,22 +183,24 @@ def evaluate(label: str, seed: int) -> dict:
     ky, kx = np.nonzero(known)
     labels = gid[known]
     points = list(zip(*np.nonzero(near), strict=True))
-    rules = {
-        "nearest": lambda i, j: _nearest(labels, ky, kx, i, j),
-        "svm_labels": lambda i, j: _svm_labels(labels, ky, kx, i, j),
-    }
-    estimated = _estimated_fractions(s, ky, kx)
-    for name, fractions in (
-        ("fractions_true", truth.beam_fractions(truth.xy[known])),
-        ("fractions_estimated", estimated),
-    ):
-        rules[name] = lambda i, j, f=fractions: int(
-            np.argmax(_local_linear(f, ky, kx, i, j))
+    # Each oracle's fractions at the near-boundary held-out points.
+    extended = {
+        name: [_local_linear(f, ky, kx, i, j) for i, j in points]
+        for name, f in (
+            ("fractions_true", truth.beam_fractions(truth.xy[known])),
+            ("fractions_estimated", _estimated_fractions(s, ky, kx)),
         )
+    }
+    predictions = {
+        "nearest": [_nearest(labels, ky, kx, i, j) for i, j in points],
+        "svm_labels": [_svm_labels(labels, ky, kx, i, j) for i, j in points],
+        **{k: [np.argmax(f) for f in v] for k, v in extended.items()},
+    }
     result = dict(map=label, map_seed=seed, n_near=len(points), rules={})
     d = np.array([distance[p] for p in points])
-    for name, rule in rules.items():
-        wrong = np.array([rule(i, j) != gid[i, j] for i, j in points])
+    true_grain = np.array([gid[p] for p in points])
+    for name, predicted in predictions.items():
+        wrong = np.array(predicted) != true_grain
         result["rules"][name] = dict(
             wrong=int(wrong.sum()),
             wrong_share_by_distance=[
@@ -217,8 +219,9 @@ def evaluate(label: str, seed: int) -> dict:
     # held-out points, where the pure patterns are mixed with the fractions
     # the oracle extends from the unmixed training patterns.
     oracle = np.array(truth.clean, dtype=np.float32)
-    fractions = [_local_linear(estimated, ky, kx, i, j) for i, j in points]
-    oracle[tuple(np.array(points).T)] = _mixtures(truth, fractions, points)
+    oracle[tuple(np.array(points).T)] = _mixtures(
+        truth, extended["fractions_estimated"], points
+    )
     result["patterns"]["oracle mixtures"] = _hough_misses(s, oracle, near, held)
     measured = np.asarray(s.data, dtype=np.float32)
     train = measured[known].reshape(known.sum(), -1)
