@@ -154,7 +154,9 @@ def _read_scan(path: str, lazy: bool):
 
 # ------------------------------------------------------------------- commands
 
-_PRECISION_HELP = "float32 (bit-exact), float16 (default) or int8 (8-bit bases)"
+_PRECISION_HELP = (
+    "float32 (bit-exact), float16 (default) or int8 (8-bit bases and weight matrices)"
+)
 
 
 @command(

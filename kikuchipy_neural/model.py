@@ -240,7 +240,7 @@ class NeuralEBSDModel:
             File to write, e.g. ``"model.h5"``.
         precision
             ``"float32"`` (bit-exact), ``"float16"`` (default) or ``"int8"``
-            (float16 network, 8-bit bases); see
+            (8-bit bases and weight matrices, float16 biases); see
             :data:`kikuchipy_neural.io.model_file.PRECISIONS`.
         overwrite
             Replace an existing file.

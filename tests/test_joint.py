@@ -492,11 +492,13 @@ def test_save_load_round_trip(joint_model, joint_map, tmp_path):
     np.testing.assert_array_equal(loaded.reconstruct(), joint_model.reconstruct())
     xy = np.array([[4.4, 6.6]])
     np.testing.assert_array_equal(loaded.gradient(xy), joint_model.gradient(xy))
-    # float16 storage: close to the float32 model.
-    half = kn.load_model(joint_model.save(tmp_path / "joint16.h5"))
+    # float16 and int8 storage (8-bit weight matrices, the first layer's
+    # 516 inputs included): close to the float32 model.
     lo, hi = joint_model.intensity_range
-    err = np.abs(half.reconstruct() - joint_model.reconstruct()).mean()
-    assert err < 0.01 * (hi - lo)
+    for precision in ("float16", "int8"):
+        low = kn.load_model(joint_model.save(tmp_path / f"{precision}.h5", precision))
+        err = np.abs(low.reconstruct() - joint_model.reconstruct()).mean()
+        assert err < 0.01 * (hi - lo), precision
     # Lazy decoding from the file, model attached.
     lazy = kn.load(path)
     np.testing.assert_allclose(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 import kikuchipy_neural as kn
 from kikuchipy_neural.io import model_file
 from kikuchipy_neural.io.model_file import ModelFileError, file_summary, load_model
+
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture()
@@ -114,41 +117,61 @@ def test_explicit_scan_positions_round_trip(small_model, tmp_path):
     np.testing.assert_array_equal(s.data.compute(), model.query(xy))
 
 
+def _half_step_of_row_codes(original, decoded):
+    """Affine 8-bit codes per row: at most half a step off."""
+    step = (original.max(axis=1) - original.min(axis=1)) / 255
+    return np.all(np.abs(decoded - original) <= step[:, None] / 2 * (1 + 1e-4) + 1e-12)
+
+
 @pytest.mark.parametrize("precision", ["float16", "int8"])
 def test_lower_precisions_have_bounded_error(small_model, tmp_path, precision):
-    loaded = load_model(
-        small_model.save(tmp_path / f"{precision}.h5", precision=precision)
-    )
+    path = small_model.save(tmp_path / f"{precision}.h5", precision=precision)
+    loaded = load_model(path)
     a, b = _state(small_model), _state(loaded)
     lo, hi = small_model.intensity_range
     xy = small_model.geometry.grid_xy()
+    coded = []
     for key in a:
-        if key == "bases" and precision == "int8":
-            # Affine 8-bit codes per basis: at most half a step off.
-            step = (a[key].max(axis=1) - a[key].min(axis=1)) / 255
-            assert np.all(
-                np.abs(b[key] - a[key]) <= step[:, None] / 2 * (1 + 1e-4) + 1e-12
-            )
+        long_rows = a[key].ndim == 2 and a[key].shape[1] >= model_file._QUANTISE_MIN_ROW
+        if precision == "int8" and long_rows:
+            # The bases and the hidden layers' weight matrices.
+            coded.append(key)
+            assert _half_step_of_row_codes(a[key], b[key]), key
         else:
             # float16: relative rounding error 2**-11 (plus subnormals).
             np.testing.assert_allclose(b[key], a[key], rtol=2**-11, atol=2**-24)
-    # Pattern error: with the coefficients A of the loaded network, the
-    # basis error contributes at most sum_r |A_r| * max|dB_r| (in [0, 1] units).
-    with torch.no_grad():
-        coeffs = loaded.field.coefficients(
-            torch.from_numpy(small_model.geometry.normalize(xy.reshape(-1, 2)))
-        )
-    basis_err = np.abs(b["bases"] - a["bases"]).max(axis=1)
-    bound_basis = (np.abs(coeffs.numpy()) @ basis_err).max() * (hi - lo)
+    if precision == "int8":
+        # Every hidden matrix is coded; the first layer (2 inputs) is not.
+        assert "bases" in coded and "siren.net.1.linear.weight" in coded
+        assert "siren.net.0.linear.weight" not in coded
+        with h5py.File(path) as f:
+            assert f["network_codes"].dtype == np.uint8
+            assert f.attrs["format_version"] == model_file.FORMAT_VERSION
     err = np.abs(loaded.reconstruct() - small_model.reconstruct())
     assert err.max() > 0
-    if precision == "int8":
-        # The network is float16 too; allow it the float16 file's error.
-        f16 = load_model(small_model.save(tmp_path / "f16.h5", precision="float16"))
-        net_err = np.abs(f16.reconstruct() - small_model.reconstruct()).max()
-        assert err.max() <= bound_basis + 2 * net_err + 1e-3 * (hi - lo)
-    # Either way, well below the noise of the data (counts).
+    if precision == "float16":
+        # Pattern error: with the coefficients A of the loaded network, the
+        # basis error contributes at most sum_r |A_r| * max|dB_r| ([0, 1] units).
+        with torch.no_grad():
+            coeffs = loaded.field.coefficients(
+                torch.from_numpy(small_model.geometry.normalize(xy.reshape(-1, 2)))
+            )
+        basis_err = np.abs(b["bases"] - a["bases"]).max(axis=1)
+        bound_basis = (np.abs(coeffs.numpy()) @ basis_err).max() * (hi - lo)
+        assert err.max() <= 2 * bound_basis + 1e-3 * (hi - lo)
+    # Either way, small against the range (int8: mean 7e-4, max 2.4e-3).
     assert err.mean() < 2e-3 * (hi - lo)
+    assert err.max() < 5e-3 * (hi - lo)
+
+
+def test_format_1_int8_files_still_load():
+    """A version-1 int8 file (network in float16, written by the release before
+    network codes) decodes to what that release decoded."""
+    loaded = load_model(DATA / "model_format1_int8.h5")
+    assert loaded.info["model_file"]["format_version"] == 1
+    expected = np.load(DATA / "model_format1_int8_reconstruct.npy")
+    np.testing.assert_array_equal(loaded.reconstruct(), expected)
+    assert file_summary(DATA / "model_format1_int8.h5")["precision"] == "int8"
 
 
 def test_lower_precisions_are_smaller(small_model, tmp_path):
@@ -410,6 +433,50 @@ def test_crafted_headers_raise(saved, edit, message):
         load_model(saved)
 
 
+def _shift_code_rows(header):
+    entry = next(e for e in header["tensors"] if e["dataset"] == "network_codes")
+    entry["row"] += 1
+
+
+INT8_CORRUPTIONS = {
+    "missing codes": (_delete("network_codes"), "missing"),
+    "missing code steps": (_delete("network_codes_step"), "missing"),
+    "wrong code scale shape": (
+        _replace("network_codes_offset", np.zeros(3, "<f4")),
+        "has shape",
+    ),
+    "codes as float": (
+        lambda f: _replace("network_codes", f["network_codes"][()].astype("<f2"))(f),
+        "has dtype",
+    ),
+    "codes in a float16 file": (
+        _set_attr("precision", "float16"),
+        "only 2D tensors of int8 files",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INT8_CORRUPTIONS))
+def test_crafted_int8_files_raise(small_model, tmp_path, case):
+    path = small_model.save(tmp_path / "model.h5", precision="int8")
+    edit, message = INT8_CORRUPTIONS[case]
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+def test_int8_code_layout_is_checked(small_model, tmp_path):
+    path = small_model.save(tmp_path / "model.h5", precision="int8")
+    _edit_header(path, _shift_code_rows)
+    with pytest.raises(ModelFileError, match="expected 0 and 0"):
+        load_model(path)
+    path = small_model.save(tmp_path / "model.h5", precision="int8")
+    _flip_bytes(path, "network_codes")
+    with pytest.raises((ValueError, OSError), match="checksum|corrupted"):
+        load_model(path)
+
+
 @pytest.mark.parametrize("dataset", ["network", "bases", "header"])
 def test_flipped_bytes_are_detected(saved, dataset):
     _flip_bytes(saved, dataset)
@@ -429,8 +496,9 @@ def test_files_that_are_not_models(tmp_path, small_map):
         load_model(tmp_path / "scan.h5")
 
 
-def test_checksum_covers_every_dataset(small_model):
-    arrays, _ = model_file._encode(small_model, "float32")
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_checksum_covers_every_dataset(small_model, precision):
+    arrays, _ = model_file._encode(small_model, precision)
     digest = model_file._checksum(arrays)
     for name in arrays:
         changed = dict(arrays)
@@ -451,3 +519,6 @@ def test_file_summary_sizes(small_model, saved):
     assert s["rank"] == small_model.rank
     assert s["n_network_parameters"] + s["n_basis_values"] == small_model.n_parameters
     assert s["array_bytes"]["bases"] == small_model.rank * 40 * 40 * 4
+    s8 = file_summary(small_model.save(saved.with_name("int8.h5"), precision="int8"))
+    assert s8["n_network_parameters"] == s["n_network_parameters"]
+    assert s8["array_bytes"]["bases"] == small_model.rank * 40 * 40

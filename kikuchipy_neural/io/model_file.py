@@ -1,6 +1,6 @@
 """The model file: one HDF5 file per :class:`~kikuchipy_neural.NeuralEBSDModel`.
 
-Layout (format version 1)
+Layout (format version 2)
 -------------------------
 Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
 (int), ``package_version``, ``precision`` and ``checksum``
@@ -13,8 +13,18 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
     detector and phases, PCA spectrum scalars, training history, options
     and info.
 ``network``
-    Every parameter of the field except the bases, flattened and
+    The field's parameters other than the bases (and, at ``int8``, other
+    than the weight matrices in ``network_codes``), flattened and
     concatenated in ``state_dict`` order (float32, or float16).
+``network_codes``
+    ``int8`` files only: every weight matrix whose rows hold at least
+    ``_QUANTISE_MIN_ROW`` (32) values, i.e. the SIREN's hidden and output
+    layers, as uint8 codes, flattened and concatenated, with one
+    ``network_codes_offset`` and ``network_codes_step`` (float32) per matrix
+    row. Biases and the factorized field's first layer (two inputs per row)
+    stay in ``network`` as float16: a sine layer multiplies them by its
+    omega_0, and on the real crop 8-bit biases cost a count of MAE where
+    8-bit matrices cost none, for a few kB.
 ``bases``
     ``(R, n_pixels)`` basis patterns of factorized fields: float32, float16,
     or uint8 codes with per-basis ``bases_offset`` and ``bases_step``
@@ -25,6 +35,9 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
     ``(n_points, 2)`` per-point gain minus 1 and offset (measured units), in
     the network's dtype; present when the header's ``point_intensity`` is
     true (see :mod:`kikuchipy_neural.training.point_intensity`).
+
+Format version 1 (0.1.0.dev0 until 2026-12-01) had no ``network_codes``:
+its ``int8`` files keep the whole network in float16. They are still read.
 
 The checksum is a SHA-256 over every dataset in name order: name, dtype,
 shape, then the little-endian bytes.
@@ -68,15 +81,23 @@ __all__ = [
 ]
 
 FORMAT_NAME = "kikuchipy-neural model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The oldest version this release reads (version 1 lacks network codes only).
+OLDEST_FORMAT_VERSION = 1
 
 #: Storage precisions of :func:`save_model` and what each stores.
 PRECISIONS = {
     "float32": "network and bases in float32 (bit-exact round trip)",
     "float16": "network and bases in float16",
-    "int8": "network in float16, bases quantised to 8 bits per value "
-    "(one offset and step per basis)",
+    "int8": "bases and weight matrices quantised to 8 bits per value (one "
+    "offset and step per basis or matrix row), biases and the first layer in "
+    "float16",
 }
+
+# Weight matrices with rows at least this long are stored as 8-bit codes at
+# "int8": a row's offset and step (8 bytes) then cost at most a quarter of
+# what the codes save over float16.
+_QUANTISE_MIN_ROW = 32
 
 # Sanity limits checked before anything is allocated.
 _MAX_HEADER_BYTES = 64 * 1024**2
@@ -88,6 +109,7 @@ _MAX_ATOMS = 10_000
 
 _ROOT_ATTRS = {"format", "format_version", "package_version", "precision", "checksum"}
 _BASES = "bases"
+_CODES = "network_codes"
 # HDF5 filters that are built into HDF5 itself; any other id would make the
 # library look for (and load) a plugin.
 _ALLOWED_FILTERS = {
@@ -180,12 +202,22 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
     }
     net_dtype = np.dtype("<f4") if precision == "float32" else np.dtype("<f2")
     tensors, network, offset = [], [], 0
+    codes, code_offset, code_row = [], 0, 0
     arrays: dict[str, np.ndarray] = {}
     for name, value in state.items():
         entry = {"name": name, "shape": list(value.shape)}
         if name == _BASES and value.ndim == 2:
             entry["dataset"] = _BASES
             arrays.update(_encode_bases(value.numpy(), precision))
+        elif (
+            precision == "int8"
+            and value.ndim == 2
+            and value.shape[1] >= _QUANTISE_MIN_ROW
+        ):
+            entry.update(dataset=_CODES, offset=code_offset, row=code_row)
+            codes.append(_quantise_rows(value.numpy()))
+            code_offset += value.numel()
+            code_row += value.shape[0]
         else:
             entry.update(dataset="network", offset=offset)
             network.append(value.numpy().ravel())
@@ -194,6 +226,10 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
     arrays["network"] = (
         np.concatenate(network) if network else np.zeros(0, np.float32)
     ).astype(net_dtype)
+    if codes:
+        arrays[_CODES] = np.concatenate([c.ravel() for c, _, _ in codes])
+        arrays[f"{_CODES}_offset"] = np.concatenate([lo for _, lo, _ in codes])
+        arrays[f"{_CODES}_step"] = np.concatenate([step for _, _, step in codes])
 
     geometry = model.geometry.to_dict()
     positions = geometry.pop("positions", None)
@@ -239,17 +275,27 @@ def _encode_bases(bases: np.ndarray, precision: str) -> dict[str, np.ndarray]:
         return {_BASES: bases.astype("<f4")}
     if precision == "float16":
         return {_BASES: bases.astype("<f2")}
-    # 8 bits per value, affine per basis: each basis has its own dynamic range
-    # (the mean pattern's is far larger than a high-order component's).
-    lo = bases.min(axis=1)
-    step = (bases.max(axis=1) - lo) / 255.0
-    step = np.where(step > 0, step, 1.0).astype(np.float32)
-    codes = np.rint((bases - lo[:, None]) / step[:, None])
-    return {
-        _BASES: np.clip(codes, 0, 255).astype(np.uint8),
-        "bases_offset": lo.astype("<f4"),
-        "bases_step": step.astype("<f4"),
-    }
+    codes, lo, step = _quantise_rows(bases)
+    return {_BASES: codes, "bases_offset": lo, "bases_step": step}
+
+
+def _quantise_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-bit codes of a 2D array, affine per row: ``(codes, offset, step)``.
+
+    Each row gets its own range: a basis (the mean pattern's range is far
+    larger than a high-order component's) or a neuron's input weights. The
+    value ``offset + code * step`` is at most half a step from the original.
+    """
+    values = np.asarray(values, np.float32)
+    lo = values.min(axis=1)
+    step = (values.max(axis=1) - lo) / 255.0
+    step = np.where(step > 0, step, 1.0).astype("<f4")
+    codes = np.rint((values - lo[:, None]) / step[:, None])
+    return np.clip(codes, 0, 255).astype(np.uint8), lo.astype("<f4"), step
+
+
+def _dequantise_rows(codes, offset, step) -> np.ndarray:
+    return offset[:, None] + codes.astype(np.float32) * step[:, None]
 
 
 def _encode_detector(detector) -> tuple[dict[str, Any], np.ndarray]:
@@ -455,7 +501,9 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
     except TypeError:
         dtype_name, itemsize = "uint16", 2
     raw_bytes = g.n_points * g.n_pixels * itemsize
-    n_net = int(arrays["network"].size)
+    n_net = int(arrays["network"].size) + (
+        int(arrays[_CODES].size) if _CODES in arrays else 0
+    )
     n_bases = int(arrays[_BASES].size) if _BASES in arrays else 0
     history = header["history"] or {}
     val_mae = [
@@ -592,10 +640,11 @@ def _root_attributes(f: h5py.File, path: Path) -> dict[str, Any]:
             f"{path}: the format version is not an integer: {version!r}"
         )
     version = int(version)
-    if version < FORMAT_VERSION:
+    if version < OLDEST_FORMAT_VERSION:
         raise ModelFileError(
             f"{path} uses model-file format version {version}, an old format this "
-            f"version of kikuchipy-neural (format {FORMAT_VERSION}) no longer reads; load "
+            f"version of kikuchipy-neural (formats {OLDEST_FORMAT_VERSION}-{FORMAT_VERSION}) "
+            "no longer reads; load "
             "it with the kikuchipy-neural release that wrote it and save it again, or refit."
         )
     if version > FORMAT_VERSION:
@@ -775,9 +824,11 @@ def _check_header(header: dict, path: Path) -> ScanGeometry:
                 f"{path}: tensor {entry['name']!r} has an invalid shape {dims!r:.80}"
             )
         where = _need(entry, "dataset", str, path, "a tensor entry")
-        if where == "network":
+        if where in ("network", _CODES):
             _need(entry, "offset", int, path, "a tensor entry")
-        elif where != _BASES:
+        if where == _CODES:
+            _need(entry, "row", int, path, "a tensor entry")
+        elif where not in ("network", _BASES):
             raise ModelFileError(
                 f"{path}: tensor {entry['name']!r} is stored in unknown {where!r}"
             )
@@ -840,17 +891,30 @@ def _expected_arrays(header: dict, precision: str, geometry: ScanGeometry, path:
         raise ModelFileError(
             f"{path}: network dtype {net_dtype} does not match precision {precision}"
         )
-    n_net, offset = 0, 0
+    n_net, n_codes, n_rows = 0, 0, 0
     expected: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     for entry in header["tensors"]:
         size = math.prod(entry["shape"])
         if entry["dataset"] == "network":
-            if entry["offset"] != offset:
+            if entry["offset"] != n_net:
                 raise ModelFileError(
-                    f"{path}: tensor {entry['name']!r} has offset {entry['offset']}, expected {offset}"
+                    f"{path}: tensor {entry['name']!r} has offset {entry['offset']}, expected {n_net}"
                 )
-            offset += size
             n_net += size
+        elif entry["dataset"] == _CODES:
+            if precision != "int8" or len(entry["shape"]) != 2:
+                raise ModelFileError(
+                    f"{path}: tensor {entry['name']!r} is stored as 8-bit codes, which "
+                    f"only 2D tensors of int8 files are (precision {precision}, shape "
+                    f"{entry['shape']})"
+                )
+            if (entry["offset"], entry["row"]) != (n_codes, n_rows):
+                raise ModelFileError(
+                    f"{path}: tensor {entry['name']!r} has offset {entry['offset']} and "
+                    f"row {entry['row']}, expected {n_codes} and {n_rows}"
+                )
+            n_codes += size
+            n_rows += entry["shape"][0]
         else:
             if len(entry["shape"]) != 2:
                 raise ModelFileError(
@@ -863,6 +927,10 @@ def _expected_arrays(header: dict, precision: str, geometry: ScanGeometry, path:
                 expected["bases_offset"] = (np.dtype("<f4"), (rank,))
                 expected["bases_step"] = (np.dtype("<f4"), (rank,))
     expected["network"] = (net_dtype, (n_net,))
+    if n_codes:
+        expected[_CODES] = (np.dtype("u1"), (n_codes,))
+        expected[f"{_CODES}_offset"] = (np.dtype("<f4"), (n_rows,))
+        expected[f"{_CODES}_step"] = (np.dtype("<f4"), (n_rows,))
     if header["scan_positions"]:
         expected["scan_positions"] = (np.dtype("<f8"), (geometry.nx, 2))
     # Optional: files written before per-point intensities existed lack it.
@@ -895,15 +963,25 @@ def _decode_tensors(header: dict, arrays: dict[str, np.ndarray]) -> list[np.ndar
     out = []
     for entry in header["tensors"]:
         shape = tuple(entry["shape"])
+        size = math.prod(shape)
         if entry["dataset"] == "network":
-            size = math.prod(shape)
             out.append(
                 network[entry["offset"] : entry["offset"] + size].reshape(shape).copy()
             )
-        elif arrays[_BASES].dtype == np.uint8:
-            codes = arrays[_BASES].astype(np.float32)
+        elif entry["dataset"] == _CODES:
+            start, row = entry["offset"], entry["row"]
             out.append(
-                arrays["bases_offset"][:, None] + codes * arrays["bases_step"][:, None]
+                _dequantise_rows(
+                    arrays[_CODES][start : start + size].reshape(shape),
+                    arrays[f"{_CODES}_offset"][row : row + shape[0]],
+                    arrays[f"{_CODES}_step"][row : row + shape[0]],
+                )
+            )
+        elif arrays[_BASES].dtype == np.uint8:
+            out.append(
+                _dequantise_rows(
+                    arrays[_BASES], arrays["bases_offset"], arrays["bases_step"]
+                )
             )
         else:
             out.append(arrays[_BASES].astype(np.float32))
