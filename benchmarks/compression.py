@@ -301,7 +301,11 @@ def _neural_points(
                 "layers": cfg["layers"],
                 "precision": precision,
                 "bytes": summary["file_bytes"],
-                "network_bytes": summary["array_bytes"]["network"],
+                "network_bytes": sum(
+                    v
+                    for k, v in summary["array_bytes"].items()
+                    if k.startswith("network")
+                ),
                 "bases_bytes": sum(
                     v
                     for k, v in summary["array_bytes"].items()
