@@ -52,7 +52,7 @@ def _point_mae(patterns, measured, mask) -> np.ndarray:
 
 
 SPARSE_RANK, SPARSE_BITS = 32, 6
-SPARSE_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+SPARSE_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.7, 0.9)
 
 
 def _sparse_corrections(field_mae, mean, components, scores, data, mask, network_bytes):
