@@ -544,8 +544,8 @@ def _summarise(result: dict) -> str:
         f"{raw / 1e9:.3f} GB; max count {vmax}; MAE inside the aperture, % of the max.",
         f"Full-map extrapolation: {FULL_MAP_POINTS} points, raw {raw_full / 1e9:.2f} GB.",
         "",
-        "| method | rank | width | precision | bytes (crop) | ratio (crop) | MAE counts | MAE % | ratio (full map) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | model | rank | width | precision | bytes (crop) | ratio (crop) | MAE counts | MAE % | ratio (full map) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(
         rows,
@@ -556,8 +556,12 @@ def _summarise(result: dict) -> str:
             r["bytes"],
         ),
     ):
+        # The fitted model a neural row re-saves (several fits share a shape).
+        model = (
+            r["name"].removesuffix(f"_{r['precision']}") if "precision" in r else "-"
+        )
         lines.append(
-            f"| {r['label']} | {r.get('rank', '-')} | {r.get('width', '-')} | "
+            f"| {r['label']} | {model} | {r.get('rank', '-')} | {r.get('width', '-')} | "
             f"{r.get('precision', '-')} | {r['bytes']:,} | {raw / r['bytes']:.0f} | "
             f"{r['mae_counts']:.1f} | {100 * r['mae_counts'] / vmax:.3f} | "
             f"{raw_full / r['bytes_full_map']:.0f} |"
