@@ -223,21 +223,31 @@ def _aperture(shape) -> np.ndarray:
     return aperture_mask(shape).ravel()
 
 
-def _map_mae(reconstruct, data: np.ndarray, mask: np.ndarray) -> float:
-    """Mean over patterns of the MAE inside the aperture (counts).
+def _point_mae(
+    patterns: np.ndarray, measured: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """MAE inside the aperture of each pattern (counts), float64 ``(n,)``."""
+    diff = patterns[:, mask] - measured[:, mask].astype(np.float32)
+    return np.abs(diff, out=diff).mean(axis=1, dtype=np.float64)
+
+
+def _point_maes(reconstruct, data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-point MAE inside the aperture over the whole map (counts).
 
     ``reconstruct(start, stop)`` returns float32 ``(stop - start, n_pixels)``
-    for flat scan indices ``start:stop``.
+    for flat scan indices ``start:stop``; decoded block by block.
     """
     flat = data.reshape(data.shape[0] * data.shape[1], -1)
-    total = 0.0
+    out = np.empty(len(flat))
     for start in range(0, len(flat), _BLOCK):
         stop = min(start + _BLOCK, len(flat))
-        diff = reconstruct(start, stop)[:, mask] - flat[start:stop, mask].astype(
-            np.float32
-        )
-        total += float(np.abs(diff, out=diff).mean(axis=1, dtype=np.float64).sum())
-    return total / len(flat)
+        out[start:stop] = _point_mae(reconstruct(start, stop), flat[start:stop], mask)
+    return out
+
+
+def _map_mae(reconstruct, data: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over patterns of the MAE inside the aperture (counts)."""
+    return float(_point_maes(reconstruct, data, mask).mean())
 
 
 # ---------------------------------------------------------------- neural

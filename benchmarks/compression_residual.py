@@ -41,51 +41,33 @@ BITS = (6, 8)
 MAX_COMPONENTS = max(RANKS) - 1
 
 
-def _decoded_mae(mean, scores, components, data, mask) -> float:
-    return C._map_mae(lambda a, b: mean + scores[a:b] @ components, data, mask)
-
-
-def _point_mae(patterns, measured, mask) -> np.ndarray:
-    """MAE inside the aperture of each pattern (counts)."""
-    diff = patterns[:, mask] - measured[:, mask].astype(np.float32)
-    return np.abs(diff).mean(axis=1, dtype=np.float64)
-
-
-SPARSE_RANK, SPARSE_BITS = 32, 6
+SPARSE_RANK, SPARSE_BITS = 32, 6  # one of RANKS, BITS
 SPARSE_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.7, 0.9)
 
 
-def _sparse_corrections(field_mae, mean, components, scores, data, mask, network_bytes):
+def _decoded_point_mae(mean, scores, components, data, mask) -> np.ndarray:
+    return C._point_maes(lambda a, b: mean + scores[a:b] @ components, data, mask)
+
+
+def _sparse_corrections(field_mae, pca, raw_bytes, network_bytes) -> dict:
     """The field everywhere, PCA's pattern at the points where the field is
     furthest behind it: is the field's gap to PCA concentrated in few points
     (precipitates, boundaries) that a few stored scores could buy back?
 
-    PCA at ``SPARSE_RANK`` with ``SPARSE_BITS``-bit scores; the points with
-    the largest (field MAE - PCA MAE) are corrected, for each fraction in
-    ``SPARSE_FRACTIONS``. Bytes: the network file, PCA's mean and components
-    (the same codec as ``compression.py``), the corrected points as a bitmask
-    and their codes (component-major, best codec); on the full map the mask
-    and codes grow with the points. Returns rows for the JSON.
+    ``pca``: PCA at ``SPARSE_RANK`` with ``SPARSE_BITS``-bit scores as the
+    main loop coded it (``codes``, per-point MAE ``point_mae``, the bytes of
+    its mean and components ``fixed`` and of its score maps ``maps``). The
+    points with the largest (field MAE - PCA MAE) are corrected, for each
+    fraction in ``SPARSE_FRACTIONS``. Bytes: the network file, PCA's mean and
+    components, the corrected points as a bitmask and their codes
+    (component-major, best codec); on the full map the mask and codes grow
+    with the points. Returns rows for the JSON.
     """
-    ny, nx = data.shape[:2]
-    n = ny * nx
-    k = SPARSE_RANK - 1
-    flat = data.reshape(n, -1)
-    codes, lo, step = C._quantise(scores[:, :k], SPARSE_BITS)
-    m16 = mean.astype(np.float16).astype(np.float32)
-    c16 = components[:k].astype(np.float16).astype(np.float32)
-    pca_values = lo + codes.astype(np.float32) * step
-    pca_mae = np.empty(n)
-    for a in range(0, n, C._BLOCK):
-        b = min(a + C._BLOCK, n)
-        pca_mae[a:b] = _point_mae(m16 + pca_values[a:b] @ c16, flat[a:b], mask)
-    fixed, _ = C._components_bytes(mean, components[:k])
-    fixed += 8 * k
-    pca_maps, _ = C._score_maps_bytes(codes, (ny, nx))
+    n = len(field_mae)
+    codes, pca_mae, fixed = pca["codes"], pca["point_mae"], pca["fixed"]
     gap = field_mae - pca_mae
     order = np.argsort(-gap)
     scale = C.FULL_MAP_POINTS / n
-    raw_bytes = data.size * 2
     quantiles = np.quantile(gap, [0.1, 0.5, 0.9, 0.99])
     out = {
         "rank": SPARSE_RANK,
@@ -93,8 +75,8 @@ def _sparse_corrections(field_mae, mean, components, scores, data, mask, network
         "field_mae": float(field_mae.mean()),
         "pca_mae": float(pca_mae.mean()),
         "gap_quantiles_10_50_90_99": [float(v) for v in quantiles],
-        "pca_bytes_crop": fixed + pca_maps,
-        "pca_bytes_full": int(fixed + pca_maps * scale),
+        "pca_bytes_crop": fixed + pca["maps"],
+        "pca_bytes_full": int(fixed + pca["maps"] * scale),
         "rows": [],
     }
     for fraction in SPARSE_FRACTIONS:
@@ -155,19 +137,19 @@ def main(model_path: str) -> None:
     for a in range(0, n, C._BLOCK):
         patterns = model.query(grid[a : a + C._BLOCK]).reshape(-1, len(mean))
         predicted[a : a + C._BLOCK] = (patterns - mean) @ components.T
-        field_point_mae[a : a + C._BLOCK] = _point_mae(
+        field_point_mae[a : a + C._BLOCK] = C._point_mae(
             patterns, flat[a : a + C._BLOCK], mask
         )
     print(f"field decoded and projected in {time.perf_counter() - t:.0f} s")
 
     scale = C.FULL_MAP_POINTS / n
+    m16 = mean.astype(np.float16).astype(np.float32)
     rows = []
     for rank in RANKS:
         k = rank - 1
         fixed, _ = C._components_bytes(mean, components[:k])
         fixed += 8 * k  # per-component offset and step
         c16 = components[:k].astype(np.float16).astype(np.float32)
-        m16 = mean.astype(np.float16).astype(np.float32)
         for bits in BITS:
             codes, lo, step = C._quantise(scores[:, :k], bits)
             pca_maps, _ = C._score_maps_bytes(codes, (ny, nx))
@@ -178,14 +160,21 @@ def main(model_path: str) -> None:
             r_codes = r_codes.astype(np.uint8 if r_codes.max() < 256 else "<u2")
             residual_maps, _ = C._score_maps_bytes(r_codes, (ny, nx))
             hybrid_values = predicted[:, :k] + r_lo + r_codes * step
+            pca_point_mae = _decoded_point_mae(m16, pca_values, c16, data, mask)
+            if (rank, bits) == (SPARSE_RANK, SPARSE_BITS):
+                sparse_pca = dict(
+                    codes=codes, point_mae=pca_point_mae, fixed=fixed, maps=pca_maps
+                )
             row = dict(
                 rank=rank,
                 bits=bits,
                 residual_std_over_score_std=float(
                     (residual.std(axis=0) / scores[:, :k].std(axis=0)).mean()
                 ),
-                pca_mae=_decoded_mae(m16, pca_values, c16, data, mask),
-                hybrid_mae=_decoded_mae(m16, hybrid_values, c16, data, mask),
+                pca_mae=float(pca_point_mae.mean()),
+                hybrid_mae=float(
+                    _decoded_point_mae(m16, hybrid_values, c16, data, mask).mean()
+                ),
                 pca_score_maps_bytes=pca_maps,
                 residual_maps_bytes=residual_maps,
                 pca_bytes_crop=fixed + pca_maps,
@@ -200,9 +189,7 @@ def main(model_path: str) -> None:
                     )
             print(json.dumps(row), flush=True)
             rows.append(row)
-    sparse = _sparse_corrections(
-        field_point_mae, mean, components, scores, data, mask, network_bytes
-    )
+    sparse = _sparse_corrections(field_point_mae, sparse_pca, raw_bytes, network_bytes)
     RESULTS.write_text(
         json.dumps(
             dict(model=Path(model_path).name, rows=rows, sparse_corrections=sparse),

@@ -824,14 +824,14 @@ def _check_header(header: dict, path: Path) -> ScanGeometry:
                 f"{path}: tensor {entry['name']!r} has an invalid shape {dims!r:.80}"
             )
         where = _need(entry, "dataset", str, path, "a tensor entry")
-        if where in ("network", _CODES):
-            _need(entry, "offset", int, path, "a tensor entry")
-        if where == _CODES:
-            _need(entry, "row", int, path, "a tensor entry")
-        elif where not in ("network", _BASES):
+        if where not in ("network", _CODES, _BASES):
             raise ModelFileError(
                 f"{path}: tensor {entry['name']!r} is stored in unknown {where!r}"
             )
+        if where != _BASES:
+            _need(entry, "offset", int, path, "a tensor entry")
+        if where == _CODES:
+            _need(entry, "row", int, path, "a tensor entry")
     if _need(header, "network_dtype", str, path) not in ("<f4", "<f2"):
         raise ModelFileError(
             f"{path}: unknown network dtype {header['network_dtype']!r}"
