@@ -282,6 +282,12 @@ def _fit(args: argparse.Namespace) -> int:
             help="grid F times finer along x and y (default 1)",
         ),
         arg(
+            "--sharpen-boundaries",
+            action="store_true",
+            help="decode the dominant grain's pattern where the field blends two "
+            "grains (for indexing; see NeuralEBSDModel.query)",
+        ),
+        arg(
             "--dtype",
             default="float32",
             help="float32 (default), float16, uint16, uint8, ... (integers rounded and clipped)",
@@ -312,8 +318,10 @@ def _decode(args: argparse.Namespace) -> int:
     if dtype.kind not in "fiu":
         raise CLIError(f"--dtype must be a float or integer type, got {dtype}")
     signal = load(args.model, lazy=True, device=args.device)
-    if args.upsample != 1:
-        signal = signal.upsample(args.upsample, lazy=True)
+    if args.upsample != 1 or args.sharpen_boundaries:
+        signal = signal.upsample(
+            args.upsample, lazy=True, sharpen_boundaries=args.sharpen_boundaries
+        )
     if dtype != np.float32:
         data = signal.data
         if dtype.kind in "iu":

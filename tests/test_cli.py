@@ -101,6 +101,21 @@ def test_decode_upsampled_to_h5ebsd(small_model, model_path, tmp_path, capsys):
     )
 
 
+def test_decode_with_sharpened_boundaries(model_path, tmp_path):
+    import kikuchipy as kp
+
+    from kikuchipy_neural import load_model
+
+    out = tmp_path / "sharp.h5"
+    args = ["decode", str(model_path), "--out", str(out), "--sharpen-boundaries"]
+    assert cli.main([*args, "-q"]) == 0
+    model = load_model(model_path)
+    grid = model.geometry.grid_xy()
+    expected = model.query(grid, sharpen_boundaries=True)
+    np.testing.assert_allclose(kp.load(out).data, expected, rtol=1e-5, atol=1e-2)
+    assert not np.allclose(expected, model.query(grid), atol=1.0)
+
+
 def test_fit_from_a_pattern_file(small_map, tmp_path, capsys):
     from kikuchipy_neural import load_model
 

@@ -405,6 +405,10 @@ def test_query_and_reconstruct(joint_map, joint_model):
     np.testing.assert_allclose(out[2], rec[11, 0], rtol=1e-5, atol=1e-2)
     with pytest.raises(ValueError):
         joint_model.query(np.array([[100.0, 0.0]]))
+    # Boundary sharpening also works through the joint field's pattern Jacobian.
+    sharp = joint_model.query(xy, sharpen_boundaries=True)
+    assert sharp.shape == out.shape and np.isfinite(sharp).all()
+    assert not np.allclose(sharp, out)
     s_rec = joint_map.neural_reconstruct()
     np.testing.assert_allclose(s_rec.data, rec, rtol=1e-5, atol=1e-2)
     assert s_rec.detector.shape == (40, 40)

@@ -184,6 +184,7 @@ def test_lazy_and_eager_agree_chunk_by_chunk(fitted_map, monkeypatch):
         (lambda lazy: fitted_map.neural_query(xy, lazy=lazy)),
         (lambda lazy: fitted_map.upsample(1.5, lazy=lazy)),
         (lambda lazy: fitted_map.neural_path((0, 0), (11, 7), 30, lazy=lazy)),
+        (lambda lazy: fitted_map.neural_query(xy, lazy=lazy, sharpen_boundaries=True)),
     ]
     for make in cases:
         lazy, eager = make(True), make(False)
@@ -495,6 +496,64 @@ def test_path_profile_across_a_boundary(fitted_map, small_map):
     assert np.mean(err[far] < 2) > 0.9
     fig = profile.plot(boundaries=profile.distance[crossings] + 0.25)
     assert len(fig.axes) == 3
+
+
+# ------------------------------------------------------ boundary sharpening
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(1, keepdims=True)
+    b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(1, keepdims=True)
+    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def test_sharpening_turns_boundary_blends_into_the_grain_under_the_beam(
+    fitted_map, small_map
+):
+    model = fitted_map.neural_model
+    truth = small_map.truth
+    xy = np.random.default_rng(5).uniform(0, 11, size=(4000, 2))
+    distance = truth.boundary_distance(xy)
+    near, far = xy[distance < 0.25][:100], xy[distance > 2][:100]
+    assert len(near) == len(far) == 100
+    changes = {}
+    for name, points in (("near", near), ("far", far)):
+        plain = model.query(points)
+        sharp = model.query(points, sharpen_boundaries=True)
+        assert sharp.shape == plain.shape and sharp.dtype == np.float32
+        # The noise-free pattern of the grain under the beam centre.
+        pure = truth.grain_patterns(truth.grain_id_at(points), points)
+        before, after = _ncc(plain, pure), _ncc(sharp, pure)
+        changes[name] = np.abs(sharp - plain).mean()
+        if name == "near":
+            # Blends move towards the pure pattern of the right grain.
+            assert np.mean(after > before) > 0.75
+            assert after.mean() > before.mean() + 0.002
+        else:
+            assert after.mean() == pytest.approx(before.mean(), abs=1e-3)
+    # Inside grains the patterns barely change; at boundaries they do.
+    assert changes["far"] < 0.05 * changes["near"]
+    # Through the signal methods: the same patterns.
+    signal = fitted_map.neural_query(near[:5], sharpen_boundaries=True)
+    np.testing.assert_allclose(
+        signal.data, model.query(near[:5], sharpen_boundaries=True), rtol=RTOL
+    )
+    up = fitted_map.upsample(1, sharpen_boundaries=True)
+    assert not np.allclose(up.data, fitted_map.neural_reconstruct().data)
+
+
+def test_sharpening_distance_must_be_positive(fitted_map):
+    from kikuchipy_neural.analysis.sharpening import sharpen_boundaries
+
+    model = fitted_map.neural_model
+    xy = np.array([[3.0, 4.0]])
+    patterns = model.query(xy).reshape(1, -1)
+    for bad in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="distance must be a positive"):
+            sharpen_boundaries(model, xy, patterns, distance=bad)
+    # A query outside the scan still raises before any sharpening.
+    with pytest.raises(ValueError, match="outside the scanned area"):
+        model.query(np.array([[30.0, 4.0]]), sharpen_boundaries=True)
 
 
 # ------------------------------------------------------- super-resolution

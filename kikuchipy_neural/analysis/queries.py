@@ -66,9 +66,13 @@ def lead_chunks(lead: tuple[int, ...], points_per_chunk: int) -> tuple[int, ...]
     return tuple(chunks)
 
 
-def _decode_block(xy_block: np.ndarray, model: NeuralEBSDModel) -> np.ndarray:
+def _decode_block(
+    xy_block: np.ndarray, model: NeuralEBSDModel, sharpen_boundaries: bool = False
+) -> np.ndarray:
     # Points were checked against the scan once, for the whole request.
-    return model.query(xy_block, extrapolate=True)
+    return model.query(
+        xy_block, extrapolate=True, sharpen_boundaries=sharpen_boundaries
+    )
 
 
 def decode(
@@ -76,17 +80,19 @@ def decode(
     xy: np.ndarray,
     lazy: bool = False,
     extrapolate: bool = False,
+    sharpen_boundaries: bool = False,
 ) -> np.ndarray | da.Array:
     """Patterns at calibrated positions ``xy`` ``(..., 2)``.
 
     Returns float32 ``(..., rows, columns)``: numpy, or dask when ``lazy``.
     The model enters the dask graph once (as one delayed object), so a
     distributed scheduler ships it to each worker once, not once per chunk.
+    ``sharpen_boundaries`` as in :meth:`NeuralEBSDModel.query`.
     """
     xy = np.asarray(xy, dtype=np.float64)
     model.geometry.check_inside(xy, extrapolate)
     if not lazy:
-        return model.query(xy, extrapolate=True)
+        return model.query(xy, extrapolate=True, sharpen_boundaries=sharpen_boundaries)
     lead = xy.shape[:-1]
     n_pixels = model.geometry.n_pixels
     per_chunk = max(1, _CHUNK_BYTES // (4 * n_pixels))
@@ -96,6 +102,7 @@ def decode(
         _decode_block,
         xy_d,
         model_d,
+        sharpen_boundaries,
         drop_axis=len(lead),
         new_axis=[len(lead), len(lead) + 1],
         chunks=(
@@ -248,6 +255,7 @@ def query_signal(
     *,
     lazy: bool | None = None,
     extrapolate: bool = False,
+    sharpen_boundaries: bool = False,
     nav_axes: list[dict] | None = None,
     detector=None,
     detector_geometry: ScanGeometry | None = None,
@@ -269,6 +277,8 @@ def query_signal(
         None: lazy for lazy ``signal`` or outputs above 1 GiB.
     extrapolate
         Allow points outside the scanned rectangle (else ``ValueError``).
+    sharpen_boundaries
+        Decode with :meth:`NeuralEBSDModel.query`'s boundary sharpening.
     nav_axes
         Axis dicts of the navigation axes (array order); default: calibrated
         y, x axes when ``xy`` is an evenly spaced grid, else index axes.
@@ -293,7 +303,9 @@ def query_signal(
     geometry.check_inside(xy, extrapolate)
     lead = xy.shape[:-1]
     lazy = want_lazy(lazy, int(np.prod(lead)), model, signal)
-    patterns = decode(model, xy, lazy=lazy, extrapolate=True)
+    patterns = decode(
+        model, xy, lazy=lazy, extrapolate=True, sharpen_boundaries=sharpen_boundaries
+    )
     if nav_axes is None:
         nav_axes = _regular_grid_axes(xy, geometry.units) or _index_axes(lead)
     if signal_axes is None:
@@ -391,18 +403,27 @@ def _cast(patterns: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return patterns.astype(dtype, copy=False)
 
 
-def _fill_block(block, model, mask, xy, block_info=None):
+def _fill_block(block, model, mask, xy, sharpen_boundaries, block_info=None):
     location = block_info[0]["array-location"][:-2]
     index = tuple(slice(a, b) for a, b in location)
     replace = mask[index]
     if not replace.any():
         return block
     out = np.array(block, copy=True)
-    out[replace] = _cast(model.query(xy[index][replace], extrapolate=True), out.dtype)
+    decoded = model.query(
+        xy[index][replace], extrapolate=True, sharpen_boundaries=sharpen_boundaries
+    )
+    out[replace] = _cast(decoded, out.dtype)
     return out
 
 
-def fill(model: NeuralEBSDModel, data, mask: np.ndarray, xy: np.ndarray):
+def fill(
+    model: NeuralEBSDModel,
+    data,
+    mask: np.ndarray,
+    xy: np.ndarray,
+    sharpen_boundaries: bool = False,
+):
     """``data`` with the patterns at ``mask`` replaced by the model's.
 
     Parameters
@@ -415,6 +436,8 @@ def fill(model: NeuralEBSDModel, data, mask: np.ndarray, xy: np.ndarray):
         Boolean ``nav`` array, True where the pattern is replaced.
     xy
         ``(*nav, 2)`` calibrated positions of the scan points.
+    sharpen_boundaries
+        Decode with :meth:`NeuralEBSDModel.query`'s boundary sharpening.
 
     Returns
     -------
@@ -431,6 +454,7 @@ def fill(model: NeuralEBSDModel, data, mask: np.ndarray, xy: np.ndarray):
             dask.delayed(model, pure=True, traverse=False),
             dask.delayed(np.asarray(mask), pure=True),
             dask.delayed(np.asarray(xy), pure=True),
+            sharpen_boundaries,
             dtype=data.dtype,
             meta=np.empty((0,) * data.ndim, data.dtype),
         )
@@ -441,7 +465,8 @@ def fill(model: NeuralEBSDModel, data, mask: np.ndarray, xy: np.ndarray):
     step = max(1, _CHUNK_BYTES // (4 * model.geometry.n_pixels))
     for start in range(0, len(idx), step):
         chunk = idx[start : start + step]
-        flat_out[chunk] = _cast(
-            model.query(flat_xy[chunk], extrapolate=True), out.dtype
+        decoded = model.query(
+            flat_xy[chunk], extrapolate=True, sharpen_boundaries=sharpen_boundaries
         )
+        flat_out[chunk] = _cast(decoded, out.dtype)
     return out
