@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["sharpen_boundaries"]
 
 
-def side_positions(
+def _side_positions(
     model: NeuralEBSDModel, xy: np.ndarray, distance: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``distance`` either side of each point along the normal.
@@ -83,7 +83,7 @@ def sharpen_boundaries(
     distance = model.geometry.step if distance is None else float(distance)
     if not np.isfinite(distance) or distance <= 0:
         raise ValueError(f"distance must be a positive number, got {distance}")
-    plus, minus = side_positions(model, xy, distance)
+    plus, minus = _side_positions(model, xy, distance)
     a = model.query(plus, extrapolate=True).reshape(len(xy), -1)
     b = model.query(minus, extrapolate=True).reshape(len(xy), -1)
     p = np.asarray(patterns, dtype=np.float32).reshape(len(xy), -1)
