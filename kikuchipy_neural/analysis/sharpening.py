@@ -70,9 +70,10 @@ def sharpen_boundaries(
         them); not modified.
     distance
         How far either side of a point the two sides' patterns are taken,
-        calibrated units; default one scan step. Probes on the super-resolution
-        benchmark's matched map (fits from every other point) gave the same
-        orientations for 1, 1.5 and 2 steps.
+        calibrated units; default one scan step. On the super-resolution
+        benchmark's matched map (fits from every other point) 1, 1.5 and 2
+        steps left each fit's count of misindexed points within 3 of each
+        other (of 3136 held out).
 
     Returns
     -------
