@@ -352,6 +352,15 @@ def test_fill_keeps_dtype_and_laziness(fitted_map):
         fitted_map.neural_fill(np.zeros((12, 12), bool), refit=False)
     with pytest.raises(TypeError, match="refit=True"):
         fitted_map.neural_fill(mask, refit=False, seed=3)
+    # Sharpened fill-in, eager and lazy: the model's sharpened patterns there.
+    sharp = fitted_map.neural_model.query(
+        _grid_xy(fitted_map)[mask], sharpen_boundaries=True
+    )
+    for signal in (fitted_map, lazy):
+        filled = signal.neural_fill(mask, refit=False, sharpen_boundaries=True)
+        data = np.asarray(filled.data)
+        assert np.abs(data[mask].astype(np.int64) - np.rint(sharp)).max() <= 1
+        np.testing.assert_array_equal(data[~mask], out.data[~mask])
 
 
 # ------------------------------------------------------ scattered points
