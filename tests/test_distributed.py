@@ -237,8 +237,10 @@ def test_local_cluster_decode_equals_local_decode(fitted_map, monkeypatch):
             # float32 decoding of the same points in other batches.
             np.testing.assert_allclose(out, local[name], rtol=1e-5, atol=1e-3)
             # Both workers worked, and each received the model at most once
-            # for this graph: fetched from the worker that holds it, never
-            # with each of the (>= 12) chunks.
+            # for this graph, never with each of the (>= 12) chunks. (Usually
+            # one worker fetches it from the other; when the scheduler moves
+            # the model's key, both may fetch it once: seen once in CI as
+            # [1, 1] for the gradient graph.)
             logs = client.run(
                 lambda dask_worker: [
                     dict(e["keys"]) for e in dask_worker.transfer_incoming_log
@@ -248,7 +250,7 @@ def test_local_cluster_decode_equals_local_decode(fitted_map, monkeypatch):
                 sum(1 for keys in log[before[w][0] :] for k in keys if k == model_key)
                 for w, log in logs.items()
             ]
-            assert max(fetched) <= 1 and sum(fetched) <= 1, (name, fetched)
+            assert max(fetched) <= 1, (name, fetched)
             after = client.run(counts)
             assert all(after[w][1] > before[w][1] for w in after), name
 
