@@ -350,6 +350,7 @@ def evaluate_map(name: str, seeds: list[int]) -> dict:
         "bilinear": interpolate_missing(measured, known, "linear"),
     }
     models, decode_seconds, sharpen_seconds = {}, [], []
+    held_xy = geometry.grid_xy()[held]
     for seed in seeds:
         models[seed] = _load_model(name, seed, geometry)
         t = time.perf_counter()
@@ -359,9 +360,7 @@ def evaluate_map(name: str, seeds: list[int]) -> dict:
         variants[f"neural seed {seed}"][held] = decoded[held]
         # The same model decoded with boundary sharpening (for indexing).
         t = time.perf_counter()
-        sharpened = models[seed][0].query(
-            geometry.grid_xy()[held], sharpen_boundaries=True
-        )
+        sharpened = models[seed][0].query(held_xy, sharpen_boundaries=True)
         sharpen_seconds.append(time.perf_counter() - t)
         variants[f"sharpened seed {seed}"] = measured.astype(np.float32)
         variants[f"sharpened seed {seed}"][held] = sharpened
@@ -434,12 +433,11 @@ def evaluate_map(name: str, seeds: list[int]) -> dict:
     # The neural row: the mean over seeds (one fit's >= 4 deg share near
     # boundaries moves by +-0.5 % of all held-out points from seed to seed).
     per_seed = [rows.pop(key) for key in neural_keys]
-    neural = {k: float(np.mean([r[k] for r in per_seed])) for k in per_seed[0]}
     per_seed_sharpened = [rows.pop(key) for key in sharpened_keys]
-    sharpened = {
-        k: float(np.mean([r[k] for r in per_seed_sharpened]))
-        for k in per_seed_sharpened[0]
-    }
+    neural, sharpened = (
+        {k: float(np.mean([r[k] for r in fits])) for k in fits[0]}
+        for fits in (per_seed, per_seed_sharpened)
+    )
     baselines = ("nearest", "bilinear")
     rows = (
         {k: rows[k] for k in baselines}

@@ -177,20 +177,19 @@ class NeuralEBSDModel:
         self.geometry.check_inside(xy, extrapolate)
         flat = xy.reshape(-1, 2)
         out = np.empty((len(flat), self.geometry.n_pixels), np.float32)
+        if sharpen_boundaries:
+            from kikuchipy_neural.analysis.sharpening import (
+                sharpen_boundaries as sharpen,
+            )
         # Sharpening holds two more decoded chunks and a Jacobian per point.
         values_per_point = self.geometry.n_pixels * (4 if sharpen_boundaries else 1)
         step = self._chunk_points(values_per_point)
         for start in range(0, len(flat), step):
             chunk = flat[start : start + step]
-            out[start : start + step] = self._decode(chunk)
+            patterns = self._decode(chunk)
             if sharpen_boundaries:
-                from kikuchipy_neural.analysis.sharpening import (
-                    sharpen_boundaries as sharpen,
-                )
-
-                out[start : start + step] = sharpen(
-                    self, chunk, out[start : start + step]
-                )
+                patterns = sharpen(self, chunk, patterns)
+            out[start : start + step] = patterns
         return out.reshape(*xy.shape[:-1], *self.pattern_shape)
 
     def reconstruct(self) -> np.ndarray:
