@@ -114,8 +114,9 @@ def _refine(coef, codes, bases, measured, seed: int = 0):
     coef_t, meas_t = torch.from_numpy(coef), torch.from_numpy(measured)
     d = torch.from_numpy(codes.copy()).requires_grad_(True)
     b = torch.from_numpy(bases.copy()).requires_grad_(True)
-    # Steps relative to each tensor's scale; larger ones (10x) diverged on
-    # the crop (the MAE rose from 336 to 377 counts within 10 epochs).
+    # Steps relative to each tensor's scale; 5x (codes) and 10x (bases)
+    # larger ones, without the cosine decay, diverged on the crop (the MAE
+    # rose from 336 to 377 counts within 10 epochs).
     opt = torch.optim.Adam(
         [
             {"params": [d], "lr": 2e-3 * float(d.detach().std())},
