@@ -11,7 +11,7 @@ quadrant, and from the whole crop). If the field lost more than PCA when its
 map grows, the full-map comparison would flatter it.
 
 ``python benchmarks/compression_scaling.py [--quadrants 0,3] [--time-budget
-480]`` (quadrants numbered 0 1 / 2 3, row-major; the crop cache
+600]`` (quadrants numbered 0 1 / 2 3, row-major; the crop cache
 ``_out/calvat_crop.npy`` of ``compression.py``); writes
 ``results/compression_scaling.json``.
 """
@@ -71,7 +71,7 @@ def _pca_mae(mean, components, scores, data, mask) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quadrants", default="0,3")
-    parser.add_argument("--time-budget", type=float, default=480.0)
+    parser.add_argument("--time-budget", type=float, default=600.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     crop = np.load(C.HERE / "_out" / "calvat_crop.npy", mmap_mode="r")
