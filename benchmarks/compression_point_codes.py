@@ -197,8 +197,9 @@ def evaluate_model(path: str, data, mask) -> dict:
         rows=[],
     )
 
+    least_squares = {}
     for k in [k for k in LEADING if k < model.rank] + [model.rank]:
-        codes = _least_squares(residual, bases[:k])
+        least_squares[k] = codes = _least_squares(residual, bases[:k])
         for bits in BITS:
             values, maps = _coded(codes, bits, (ny, nx))
             mae = _mae(field, values, bases[:k], measured)
@@ -212,9 +213,7 @@ def evaluate_model(path: str, data, mask) -> dict:
             coef = model.field.coefficients(
                 torch.from_numpy(model.geometry.normalize(grid))
             ).numpy()
-        codes, refined = _refine(
-            coef, _least_squares(residual, bases), bases, measured - lo
-        )
+        codes, refined = _refine(coef, least_squares[model.rank], bases, measured - lo)
         # Write the refined bases into the model (pixels outside the
         # aperture keep theirs) and re-save at the file's precision: bytes
         # and MAE of a real file.

@@ -68,6 +68,11 @@ def _pca_mae(mean, components, scores, data, mask) -> float:
     return C._map_mae(lambda a, b: mean + scores[a:b] @ components, data, mask)
 
 
+def _save(result: dict) -> None:
+    """Written after every fit: an interrupted run keeps what it measured."""
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quadrants", default="0,3")
@@ -94,6 +99,7 @@ def main(argv=None) -> None:
         quadrants=[],
     )
     print(json.dumps({key: result[key] for key in ("crop_field_mae", "crop_pca_mae")}))
+    _save(result)
     for q in (int(v) for v in args.quadrants.split(",")):
         rows = slice((q // 2) * hy, (q // 2 + 1) * hy)
         cols = slice((q % 2) * hx, (q % 2 + 1) * hx)
@@ -117,8 +123,7 @@ def main(argv=None) -> None:
         )  # fmt: skip
         print(json.dumps(entry), flush=True)
         result["quadrants"].append(entry)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+        _save(result)
 
 
 if __name__ == "__main__":
