@@ -271,6 +271,10 @@ def _figure(results: list[dict], path: Path) -> None:
             )
             ax.plot([r[key] for r in sel], [r["mae_counts"] for r in sel], ms=5,
                     label=sel[0]["label"], **style)  # fmt: skip
+        one_step = C._front([r for r in rows if r["method"] == "pca_u"], key)
+        if one_step:
+            ax.plot([r[key] for r in one_step], [r["mae_counts"] for r in one_step],
+                    color="C5", lw=1.5, label=one_step[0]["label"] + " (front)")  # fmt: skip
         front = C._front([r for r in rows if r["method"] == "neural"], key)
         ax.plot([r[key] for r in front], [r["mae_counts"] for r in front], "ko--",
                 ms=4, lw=1, label="neural files (front)")  # fmt: skip
