@@ -7,6 +7,11 @@ of the field's pattern (the field as a predictor), quantised with the same
 step as PCA's b-bit scores, so that the distortion is PCA's, and compressed
 with the same codec (``compression._compress_best``, delta filter included);
 its bytes are the network file's plus the components' plus the residual maps'.
+The same again against ``compression.py``'s stronger PCA (int8 components,
+all scores quantised with one step, ``STEPS``), where the hybrid stores only
+what predicting the scores needs: the network (the file's arrays but the
+bases, through the best codec) and the bases projected on the components
+(float32), from which its predictions are computed.
 Then sparse corrections: the field everywhere except at the points where it
 is furthest behind PCA, which get PCA's quantised scores (see
 ``_sparse_corrections``).
@@ -14,8 +19,8 @@ is furthest behind PCA, which get PCA's quantised scores (see
 On the real 200 x 200 crop (``compression.py``'s data cache
 ``_out/calvat_crop.npy``) with the rank-32 int8 model of the compression
 benchmark: ``python benchmarks/compression_residual.py
-_out/compression/files/neural_r32_w256_l5_int8.h5`` (about 3 min on 2 cores);
-writes ``results/compression_residual.json``. Crop ratios are against the raw
+_out/compression/files/neural_r32_w256_l5_int8.h5 [JSON]`` (about 5 min on 2
+cores); writes ``results/compression_residual.json`` or JSON. Crop ratios are against the raw
 uint16 patterns; full-map ratios extrapolate as ``compression.py`` does (the
 network and components stay, the score maps grow 22.5x).
 """
@@ -23,6 +28,7 @@ network and components stay, the score maps grow 22.5x).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -38,6 +44,7 @@ import compression as C  # noqa: E402
 RESULTS = HERE / "results" / "compression_residual.json"
 RANKS = (16, 32, 64)
 BITS = (6, 8)
+STEPS = (8, 16, 32, 64)  # one-step quantisation, counts per pixel
 MAX_COMPONENTS = max(RANKS) - 1
 
 
@@ -114,7 +121,17 @@ def _sparse_corrections(field_mae, pca, raw_bytes, network_bytes) -> dict:
     return out
 
 
-def main(model_path: str) -> None:
+def _arrays_bytes(path: str, skip_prefix: str) -> int:
+    """A model file's arrays, except those named ``skip_prefix...``, each
+    through the best codec (no HDF5 structure)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        arrays = [np.asarray(f[name]) for name in f if not name.startswith(skip_prefix)]
+    return sum(C._compress_best(a.tobytes(), delta_width=a.itemsize)[0] for a in arrays)
+
+
+def main(model_path: str, results: Path = RESULTS) -> None:
     from kikuchipy_neural.io.model_file import load_model
 
     torch.set_num_threads(2)
@@ -141,6 +158,18 @@ def main(model_path: str) -> None:
             patterns, flat[a : a + C._BLOCK], mask
         )
     print(f"field decoded and projected in {time.perf_counter() - t:.0f} s")
+
+    # The one-step hybrid stores only what predicting the scores needs: the
+    # network (every array of the file but the bases) and the bases projected
+    # on the components; the scores' prediction is computed from exactly
+    # those.
+    intensity_lo, intensity_hi = model.intensity_range
+    with torch.no_grad():
+        coefficients = model.field.coefficients(
+            torch.from_numpy(model.geometry.normalize(grid))
+        ).numpy()
+    bases = model.field.bases.detach().numpy() * (intensity_hi - intensity_lo)
+    network_only = _arrays_bytes(model_path, skip_prefix="bases")
 
     scale = C.FULL_MAP_POINTS / n
     m16 = mean.astype(np.float16).astype(np.float32)
@@ -189,22 +218,66 @@ def main(model_path: str) -> None:
                     )
             print(json.dumps(row), flush=True)
             rows.append(row)
+        # The same with compression.py's stronger PCA: int8 components, all
+        # scores (and residuals) quantised with one step.
+        m8, c8, fixed8, _ = C._int8_components(mean, components[:k])
+        fixed8 += 4 + 4 * k  # the step and an integer offset per component
+        # float32: projected bases reach millions of counts
+        projection = (bases @ components[:k].T).astype(np.float32)
+        offset = ((intensity_lo - mean) @ components[:k].T).astype(np.float32)
+        lean_predicted = coefficients @ projection + offset
+        predictor_bytes = network_only + 4 * (projection.size + offset.size)
+        drift = np.abs(lean_predicted - predicted[:, :k]).max()
+        print(f"rank {rank}: projected bases move predicted scores by <= {drift:.1f}")
+        for per_pixel in STEPS:
+            step = per_pixel * math.sqrt(components.shape[1])
+            pca_values, pca_maps, _ = C._one_step(scores[:, :k], step, (ny, nx))
+            residual = scores[:, :k] - lean_predicted
+            r_values, residual_maps, _ = C._one_step(residual, step, (ny, nx))
+            row = dict(
+                rank=rank,
+                step_per_pixel=per_pixel,
+                pca_mae=float(
+                    _decoded_point_mae(m8, pca_values, c8, data, mask).mean()
+                ),
+                hybrid_mae=float(
+                    _decoded_point_mae(
+                        m8, lean_predicted + r_values, c8, data, mask
+                    ).mean()
+                ),
+                pca_score_maps_bytes=pca_maps,
+                residual_maps_bytes=residual_maps,
+                predictor_bytes=predictor_bytes,
+                pca_bytes_crop=fixed8 + pca_maps,
+                hybrid_bytes_crop=predictor_bytes + fixed8 + residual_maps,
+                pca_bytes_full=int(fixed8 + pca_maps * scale),
+                hybrid_bytes_full=int(predictor_bytes + fixed8 + residual_maps * scale),
+            )
+            for where, raw in (("crop", raw_bytes), ("full", raw_bytes * scale)):
+                for method in ("pca", "hybrid"):
+                    row[f"{method}_ratio_{where}"] = (
+                        raw / row[f"{method}_bytes_{where}"]
+                    )
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     sparse = _sparse_corrections(field_point_mae, sparse_pca, raw_bytes, network_bytes)
-    RESULTS.write_text(
+    results.write_text(
         json.dumps(
             dict(model=Path(model_path).name, rows=rows, sparse_corrections=sparse),
             indent=1,
         )
         + "\n"
     )
-    print("\n| rank | bits | MAE (PCA / hybrid) | residual/score std | "
+    print("\n| rank | quantiser | MAE (PCA / hybrid) | "
           "score maps: PCA / residual bytes | ratio crop: PCA / hybrid | "
           "ratio full map: PCA / hybrid |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for r in rows:
+        quantiser = (
+            f"{r['bits']}-bit" if "bits" in r else f"one step {r['step_per_pixel']}/px"
+        )
         print(
-            f"| {r['rank']} | {r['bits']} | {r['pca_mae']:.1f} / {r['hybrid_mae']:.1f} "
-            f"| {r['residual_std_over_score_std']:.2f} "
+            f"| {r['rank']} | {quantiser} | {r['pca_mae']:.1f} / {r['hybrid_mae']:.1f} "
             f"| {r['pca_score_maps_bytes']:,} / {r['residual_maps_bytes']:,} "
             f"| {r['pca_ratio_crop']:.0f} / {r['hybrid_ratio_crop']:.0f} "
             f"| {r['pca_ratio_full']:.0f} / {r['hybrid_ratio_full']:.0f} |"
@@ -212,4 +285,4 @@ def main(model_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *(Path(p) for p in sys.argv[2:3]))
