@@ -341,18 +341,20 @@ def _neural_points(
     return rows
 
 
-def _payload_bytes(path: Path) -> int:
-    """The model file's arrays, each through the baselines' best codec, with
-    no HDF5 structure: the file's bytes had it been coded like PCA's
-    components and scores (HDF5 offers gzip, not lzma). A fairness check on
-    the comparison, not a file anyone can load."""
+def _payload_bytes(path: str | Path, skip_prefix: str | None = None) -> int:
+    """The model file's arrays (but those named ``skip_prefix...``), each
+    through the baselines' best codec, with no HDF5 structure: the file's
+    bytes had it been coded like PCA's components and scores (HDF5 offers
+    gzip, not lzma). A fairness check on the comparison, not a file anyone
+    can load."""
     import h5py
 
     total = 0
     with h5py.File(path, "r") as f:
         for name in f:
-            array = np.asarray(f[name])
-            total += _compress_best(array.tobytes(), delta_width=array.itemsize)[0]
+            if skip_prefix is None or not name.startswith(skip_prefix):
+                array = np.asarray(f[name])
+                total += _compress_best(array.tobytes(), array.itemsize)[0]
     return total
 
 

@@ -19,10 +19,11 @@ is furthest behind PCA, which get PCA's quantised scores (see
 On the real 200 x 200 crop (``compression.py``'s data cache
 ``_out/calvat_crop.npy``) with the rank-32 int8 model of the compression
 benchmark: ``python benchmarks/compression_residual.py
-_out/compression/files/neural_r32_w256_l5_int8.h5 [JSON]`` (about 5 min on 2
-cores); writes ``results/compression_residual.json`` or JSON. Crop ratios are against the raw
-uint16 patterns; full-map ratios extrapolate as ``compression.py`` does (the
-network and components stay, the score maps grow 22.5x).
+_out/compression/files/neural_r32_w256_l5_int8.h5 [JSON]`` (about 13 min on
+2 cores); writes ``results/compression_residual.json``, or JSON. Crop ratios
+are against the raw uint16 patterns; full-map ratios extrapolate as
+``compression.py`` does (the network and components stay, the score maps
+grow 22.5x).
 """
 
 from __future__ import annotations
@@ -121,16 +122,6 @@ def _sparse_corrections(field_mae, pca, raw_bytes, network_bytes) -> dict:
     return out
 
 
-def _arrays_bytes(path: str, skip_prefix: str) -> int:
-    """A model file's arrays, except those named ``skip_prefix...``, each
-    through the best codec (no HDF5 structure)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        arrays = [np.asarray(f[name]) for name in f if not name.startswith(skip_prefix)]
-    return sum(C._compress_best(a.tobytes(), delta_width=a.itemsize)[0] for a in arrays)
-
-
 def main(model_path: str, results: Path = RESULTS) -> None:
     from kikuchipy_neural.io.model_file import load_model
 
@@ -169,7 +160,7 @@ def main(model_path: str, results: Path = RESULTS) -> None:
             torch.from_numpy(model.geometry.normalize(grid))
         ).numpy()
     bases = model.field.bases.detach().numpy() * (intensity_hi - intensity_lo)
-    network_only = _arrays_bytes(model_path, skip_prefix="bases")
+    network_only = C._payload_bytes(model_path, skip_prefix="bases")
 
     scale = C.FULL_MAP_POINTS / n
     m16 = mean.astype(np.float16).astype(np.float32)
