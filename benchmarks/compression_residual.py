@@ -122,6 +122,25 @@ def _sparse_corrections(field_mae, pca, raw_bytes, network_bytes) -> dict:
     return out
 
 
+def _sizes(fixed, pca_maps, predictor, residual_maps, raw_bytes, scale) -> dict:
+    """Bytes and compression ratios, crop and full map, of PCA (``fixed``:
+    mean and components, plus its score maps) and of the hybrid (the
+    ``predictor``, ``fixed`` and the residual maps); the maps grow with the
+    points (``scale``), the rest does not."""
+    sizes = dict(
+        pca_score_maps_bytes=pca_maps,
+        residual_maps_bytes=residual_maps,
+        pca_bytes_crop=fixed + pca_maps,
+        hybrid_bytes_crop=predictor + fixed + residual_maps,
+        pca_bytes_full=int(fixed + pca_maps * scale),
+        hybrid_bytes_full=int(predictor + fixed + residual_maps * scale),
+    )
+    for where, raw in (("crop", raw_bytes), ("full", raw_bytes * scale)):
+        for method in ("pca", "hybrid"):
+            sizes[f"{method}_ratio_{where}"] = raw / sizes[f"{method}_bytes_{where}"]
+    return sizes
+
+
 def main(model_path: str, results: Path = RESULTS) -> None:
     from kikuchipy_neural.io.model_file import load_model
 
@@ -195,18 +214,10 @@ def main(model_path: str, results: Path = RESULTS) -> None:
                 hybrid_mae=float(
                     _decoded_point_mae(m16, hybrid_values, c16, data, mask).mean()
                 ),
-                pca_score_maps_bytes=pca_maps,
-                residual_maps_bytes=residual_maps,
-                pca_bytes_crop=fixed + pca_maps,
-                hybrid_bytes_crop=network_bytes + fixed + residual_maps,
-                pca_bytes_full=int(fixed + pca_maps * scale),
-                hybrid_bytes_full=int(network_bytes + fixed + residual_maps * scale),
+                **_sizes(
+                    fixed, pca_maps, network_bytes, residual_maps, raw_bytes, scale
+                ),
             )
-            for where, raw in (("crop", raw_bytes), ("full", raw_bytes * scale)):
-                for method in ("pca", "hybrid"):
-                    row[f"{method}_ratio_{where}"] = (
-                        raw / row[f"{method}_bytes_{where}"]
-                    )
             print(json.dumps(row), flush=True)
             rows.append(row)
         # The same with compression.py's stronger PCA: int8 components, all
@@ -236,19 +247,11 @@ def main(model_path: str, results: Path = RESULTS) -> None:
                         m8, lean_predicted + r_values, c8, data, mask
                     ).mean()
                 ),
-                pca_score_maps_bytes=pca_maps,
-                residual_maps_bytes=residual_maps,
                 predictor_bytes=predictor_bytes,
-                pca_bytes_crop=fixed8 + pca_maps,
-                hybrid_bytes_crop=predictor_bytes + fixed8 + residual_maps,
-                pca_bytes_full=int(fixed8 + pca_maps * scale),
-                hybrid_bytes_full=int(predictor_bytes + fixed8 + residual_maps * scale),
+                **_sizes(
+                    fixed8, pca_maps, predictor_bytes, residual_maps, raw_bytes, scale
+                ),
             )
-            for where, raw in (("crop", raw_bytes), ("full", raw_bytes * scale)):
-                for method in ("pca", "hybrid"):
-                    row[f"{method}_ratio_{where}"] = (
-                        raw / row[f"{method}_bytes_{where}"]
-                    )
             print(json.dumps(row), flush=True)
             rows.append(row)
     sparse = _sparse_corrections(field_point_mae, sparse_pca, raw_bytes, network_bytes)
