@@ -189,11 +189,11 @@ def main(model_path: str, results: Path = RESULTS) -> None:
         fixed, _ = C._components_bytes(mean, components[:k])
         fixed += 8 * k  # per-component offset and step
         c16 = components[:k].astype(np.float16).astype(np.float32)
+        residual = scores[:, :k] - predicted[:, :k]
         for bits in BITS:
             codes, lo, step = C._quantise(scores[:, :k], bits)
             pca_maps, _ = C._score_maps_bytes(codes, (ny, nx))
             pca_values = lo + codes.astype(np.float32) * step
-            residual = scores[:, :k] - predicted[:, :k]
             r_lo = residual.min(axis=0)
             r_codes = np.rint((residual - r_lo) / step).astype(np.int64)
             r_codes = r_codes.astype(np.uint8 if r_codes.max() < 256 else "<u2")
@@ -231,11 +231,11 @@ def main(model_path: str, results: Path = RESULTS) -> None:
         predictor_bytes = network_only + 4 * (projection.size + offset.size)
         drift = np.abs(lean_predicted - predicted[:, :k]).max()
         print(f"rank {rank}: projected bases move predicted scores by <= {drift:.1f}")
+        lean_residual = scores[:, :k] - lean_predicted
         for per_pixel in STEPS:
             step = per_pixel * math.sqrt(components.shape[1])
             pca_values, pca_maps, _ = C._one_step(scores[:, :k], step, (ny, nx))
-            residual = scores[:, :k] - lean_predicted
-            r_values, residual_maps, _ = C._one_step(residual, step, (ny, nx))
+            r_values, residual_maps, _ = C._one_step(lean_residual, step, (ny, nx))
             row = dict(
                 rank=rank,
                 step_per_pixel=per_pixel,
