@@ -21,7 +21,9 @@ Three steps (each a subcommand; ``--help`` for options):
     by a general codec (the best of zlib and lzma, with and without a delta
     filter); PCA with int8 components and all scores quantised with one
     step (``--steps``, counts per pixel; the stronger baseline, see
-    ``_uniform_step_points``) through the same codec; lossless codecs
+    ``_uniform_step_points``) through the same codec, the components also
+    tried as the second differences that int8 model files store their
+    bases as (format 3); lossless codecs
     (zlib, lzma, zstd/blosc when installed, each with and without byte
     shuffling) on the raw uint16 patterns. Writes a JSON of every point, a
     Markdown table and the rate-distortion figure, and extrapolates every
@@ -429,14 +431,24 @@ def _score_maps_bytes(codes: np.ndarray, shape: tuple[int, int]) -> tuple[int, s
 
 
 def _int8_components(
-    mean: np.ndarray, components: np.ndarray
+    mean: np.ndarray, components: np.ndarray, pattern_shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, int, str]:
     """Mean as float16 and components as 8-bit codes with one offset and step
     per component (as int8 model files store their bases), through the best
-    codec: dequantised mean and components, bytes and codec."""
+    codec, with and without the model file's second differences over each
+    component image (``model_file._difference_2d``): dequantised mean and
+    components, bytes and codec."""
+    from kikuchipy_neural.io.model_file import _difference_2d
+
     codes, lo, step = _quantise(components.T, 8)
-    raw = mean.astype("<f2").tobytes() + np.ascontiguousarray(codes.T).tobytes()
-    nbytes, codec = _compress_best(raw, delta_width=1)
+    maps = np.ascontiguousarray(codes.T)
+    mean_raw = mean.astype("<f2").tobytes()
+    nbytes, codec = _compress_best(mean_raw + maps.tobytes(), delta_width=1)
+    d_bytes, d_codec = _compress_best(
+        mean_raw + _difference_2d(maps, pattern_shape).tobytes(), delta_width=1
+    )
+    if d_bytes < nbytes:
+        nbytes, codec = d_bytes, f"diff2d+{d_codec}"
     deq = (lo + codes.astype(np.float32) * step).T
     return mean.astype(np.float16).astype(np.float32), deq, nbytes + 8 * len(deq), codec
 
@@ -468,7 +480,7 @@ def _uniform_step_points(
     """
     ny, nx = data.shape[:2]
     k = rank - 1
-    m8, c8, comp_bytes, comp_codec = _int8_components(mean, comps[:k])
+    m8, c8, comp_bytes, comp_codec = _int8_components(mean, comps[:k], data.shape[2:])
     rows = []
     for per_pixel in steps_per_pixel:
         step = per_pixel * math.sqrt(comps.shape[1])

@@ -222,7 +222,7 @@ def main(model_path: str, results: Path = RESULTS) -> None:
             rows.append(row)
         # The same with compression.py's stronger PCA: int8 components, all
         # scores (and residuals) quantised with one step.
-        m8, c8, fixed8, _ = C._int8_components(mean, components[:k])
+        m8, c8, fixed8, _ = C._int8_components(mean, components[:k], data.shape[2:])
         fixed8 += 4 + 4 * k  # the step and an integer offset per component
         # float32: projected bases reach millions of counts
         projection = (bases @ components[:k].T).astype(np.float32)
