@@ -691,7 +691,7 @@ def _summarise(result: dict) -> str:
         )
     lines += ["", "Best ratio per method family within an accuracy:", ""]
     lines += [
-        "| family | MAE limit | ratio (crop) | ratio (full map) | point |",
+        "| family | MAE limit | ratio (crop) | ratio (full map) | point (crop; full map where another) |",
         "|---|---|---|---|---|",
     ]
     families = {
@@ -711,10 +711,12 @@ def _summarise(result: dict) -> str:
             if crop is None:
                 lines.append(f"| {family} | {limit_name} | - | - | none reaches it |")
                 continue
+            point = f"{crop.get('name', crop['label'])} rank {crop.get('rank', '-')}"
+            if full is not crop:  # e.g. per-point intensities grow with the map
+                point += f"; full map: {full.get('name', full['label'])} rank {full.get('rank', '-')}"
             lines.append(
                 f"| {family} | {limit_name} | {raw / crop['bytes']:.0f} | "
-                f"{raw_full / full['bytes_full_map']:.0f} | {crop.get('name', crop['label'])} "
-                f"rank {crop.get('rank', '-')} |"
+                f"{raw_full / full['bytes_full_map']:.0f} | {point} |"
             )
     # Is the neural curve ahead of every baseline at equal bytes? Also asked
     # with the neural files' arrays through the baselines' codec
