@@ -151,9 +151,10 @@ np.testing.assert_allclose(
 
 # %% [markdown]
 # `precision="int8"` stores the bases and the network's weight matrices as
-# 8-bit codes (one offset and step per row): about half the float16 file, for
-# a pattern error far below the noise (on the real crop of the benchmarks: 2
-# counts of MAE on ~360).
+# 8-bit codes (one offset and step per row): half the float16 file for the
+# real crop's models in the benchmarks, for a pattern error far below the
+# noise (2 counts of MAE on ~360). A small model like the quick run's, whose
+# biases, first layer and header weigh more, saves less (about 30 %).
 
 # %%
 path8 = model.save(OUT / "model_int8.h5", precision="int8")
@@ -162,7 +163,7 @@ print(
     f"int8: {Path(path8).stat().st_size / 1e6:.2f} MB, mean |int8 - float32| = "
     f"{np.abs(decoded8 - model.reconstruct()).mean():.1f} counts"
 )
-assert Path(path8).stat().st_size < 0.7 * Path(path).stat().st_size
+assert Path(path8).stat().st_size < 0.75 * Path(path).stat().st_size
 
 # %% [markdown]
 # ## Pattern-to-pattern intensity changes

@@ -28,11 +28,15 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
 ``bases``
     ``(R, n_pixels)`` basis patterns of factorized fields: float32, float16,
     or, for 8-bit quantisation, uint8 codes with per-basis ``bases_offset``
-    and ``bases_step`` (float32). The codes are stored as their second
-    difference over each basis image (``c[i, j] - c[i - 1, j] - c[i, j - 1]
-    + c[i - 1, j - 1]`` modulo 256, zero outside the image), which gzip
-    packs a fifth tighter than the codes themselves, since bases are smooth
-    images; reading integrates them back exactly.
+    and ``bases_step`` (float32). Where the codes gzip smaller that way (the
+    header's ``bases_differenced`` is then true), they are stored as their
+    second difference over each basis image (``c[i, j] - c[i - 1, j] -
+    c[i, j - 1] + c[i - 1, j - 1]`` modulo 256, zero outside the image);
+    reading integrates them back exactly. Smooth bases (the mean, the
+    leading components) pack up to a fifth tighter so; noisy high-order ones
+    do not, which is why it is decided per file: one choice for all bases,
+    as gzip packs rows of one kind better than a mix (choosing per basis
+    made the rank-128 crop model's int8 file 18 kB larger).
 ``detector_pc``, ``scan_positions``, ``spectrum_eigenvalues``
     float64 arrays, present when the model has them.
 ``point_intensity``
@@ -68,6 +72,7 @@ import json
 import math
 import os
 import warnings
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -92,8 +97,9 @@ FORMAT_VERSION = 3
 # The oldest version this release reads (version 1 lacks network codes,
 # version 2 stores the basis codes undifferenced).
 OLDEST_FORMAT_VERSION = 1
-# The first version whose int8 basis codes are stored as 2D differences.
+# The first version whose int8 basis codes may be stored as 2D differences.
 _DIFFERENCED_BASES_FROM = 3
+_DIFFERENCED = "bases_differenced"  # the header's flag
 
 #: Storage precisions of :func:`save_model` and what each stores.
 PRECISIONS = {
@@ -172,7 +178,9 @@ def save_model(
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays, header = _encode(model, precision)
     if precision == "int8" and _BASES in arrays:
-        arrays[_BASES] = _difference_2d(arrays[_BASES], model.geometry.pattern_shape)
+        arrays[_BASES], header[_DIFFERENCED] = _smaller_of_codes_or_differences(
+            arrays[_BASES], model.geometry.pattern_shape
+        )
     arrays["header"] = np.frombuffer(
         json.dumps(header, allow_nan=True, separators=(",", ":")).encode("utf-8"),
         np.uint8,
@@ -322,6 +330,18 @@ def _difference_2d(codes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     d = np.diff(images, axis=1, prepend=np.zeros_like(images[:, :1]))
     d = np.diff(d, axis=2, prepend=np.zeros_like(d[:, :, :1]))
     return d.reshape(codes.shape)
+
+
+def _smaller_of_codes_or_differences(
+    codes: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, bool]:
+    """``codes`` or their :func:`_difference_2d`, whichever zlib (gzip's
+    deflate) packs smaller, and whether it is the differences."""
+    diffs = _difference_2d(codes, shape)
+    differenced = len(zlib.compress(diffs.tobytes(), 9)) < len(
+        zlib.compress(codes.tobytes(), 9)
+    )
+    return (diffs if differenced else codes), bool(differenced)
 
 
 def _integrate_2d(diffs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -647,7 +667,14 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
         and _BASES in arrays
         and attrs["format_version"] >= _DIFFERENCED_BASES_FROM
     ):
-        arrays[_BASES] = _integrate_2d(arrays[_BASES], geometry.pattern_shape)
+        differenced = header.get(_DIFFERENCED)
+        if not isinstance(differenced, bool):
+            raise ModelFileError(
+                f"{path}: header[{_DIFFERENCED!r}] must be true or false, got "
+                f"{differenced!r:.80}"
+            )
+        if differenced:
+            arrays[_BASES] = _integrate_2d(arrays[_BASES], geometry.pattern_shape)
     if "scan_positions" in arrays:
         positions = arrays["scan_positions"]
         if not np.all(np.isfinite(positions)):
