@@ -177,10 +177,6 @@ def save_model(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays, header = _encode(model, precision)
-    if precision == "int8" and _BASES in arrays:
-        arrays[_BASES], header[_DIFFERENCED] = _smaller_of_codes_or_differences(
-            arrays[_BASES], model.geometry.pattern_shape
-        )
     arrays["header"] = np.frombuffer(
         json.dumps(header, allow_nan=True, separators=(",", ":")).encode("utf-8"),
         np.uint8,
@@ -228,11 +224,15 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
     tensors, network, offset = [], [], 0
     codes, code_offset, code_row = [], 0, 0
     arrays: dict[str, np.ndarray] = {}
+    differenced = None  # how int8 basis codes are stored
     for name, value in state.items():
         entry = {"name": name, "shape": list(value.shape)}
         if name == _BASES and value.ndim == 2:
             entry["dataset"] = _BASES
-            arrays.update(_encode_bases(value.numpy(), precision))
+            bases, differenced = _encode_bases(
+                value.numpy(), precision, model.geometry.pattern_shape
+            )
+            arrays.update(bases)
         elif (
             precision == "int8"
             and value.ndim == 2
@@ -291,16 +291,23 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
         header["spectrum"] = _plain(
             {**d, "n_eigenvalues": arrays["spectrum_eigenvalues"].size}
         )
+    if differenced is not None:
+        header[_DIFFERENCED] = differenced
     return arrays, header
 
 
-def _encode_bases(bases: np.ndarray, precision: str) -> dict[str, np.ndarray]:
+def _encode_bases(
+    bases: np.ndarray, precision: str, pattern_shape: tuple[int, int]
+) -> tuple[dict[str, np.ndarray], bool | None]:
+    """The bases' datasets, and (int8 only) whether the codes are stored as
+    their 2D differences."""
     if precision == "float32":
-        return {_BASES: bases.astype("<f4")}
+        return {_BASES: bases.astype("<f4")}, None
     if precision == "float16":
-        return {_BASES: bases.astype("<f2")}
+        return {_BASES: bases.astype("<f2")}, None
     codes, lo, step = _quantise_rows(bases)
-    return {_BASES: codes, "bases_offset": lo, "bases_step": step}
+    stored, differenced = _smaller_of_codes_or_differences(codes, pattern_shape)
+    return {_BASES: stored, "bases_offset": lo, "bases_step": step}, differenced
 
 
 def _quantise_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
