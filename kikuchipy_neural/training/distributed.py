@@ -28,7 +28,10 @@ requires it, ``False`` ignores it):
 - rank 0 evaluates the validation set and broadcasts the result, so learning
   rate schedules, keep-best and early stopping decide identically on every
   rank and all ranks stop together; a time budget is agreed on as well;
-- rank 0 alone writes checkpoints and shows the progress bar.
+- rank 0 alone writes checkpoints and shows the progress bar;
+- after training, the refit of the bases (:mod:`.refit_bases`) reads each
+  rank's own shard, sums the normal equations over ranks (one all-reduce),
+  and every rank ends with rank 0's bases.
 
 Every rank returns the same model; save it from rank 0 only (see
 :func:`is_main_process`). ``memory_budget`` applies per process. A fit
@@ -175,6 +178,13 @@ class DistributedContext:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
         return float(flat[-1])
+
+    @torch.no_grad()
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over ranks, a new tensor on ``tensor``'s device."""
+        t = tensor.to(self._comm_device).clone()
+        dist.all_reduce(t)
+        return t.to(tensor.device)
 
     # ----------------------------------------------------------------- shards
 

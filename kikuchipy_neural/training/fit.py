@@ -28,6 +28,7 @@ from kikuchipy_neural.training.loop import CHECKPOINT_FORMAT, StageSpec, Trainer
 from kikuchipy_neural.training.options import FitOptions
 from kikuchipy_neural.training.point_intensity import fit_point_intensity
 from kikuchipy_neural.training.preprocessing import Preprocessed, Spectrum, preprocess
+from kikuchipy_neural.training.refit_bases import refit_bases
 from kikuchipy_neural.training.samplers import (
     CoordinateSampler,
     PositionSampler,
@@ -419,6 +420,7 @@ def fit(
     total = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
     from tqdm.auto import tqdm
 
+    show_bars = _show_progressbar(show_progressbar) and (ctx is None or ctx.is_main)
     bar = tqdm(
         # Early stopping usually ends a fit long before the paper's 200 000
         # steps: a bar over them would show a meaningless ETA.
@@ -426,41 +428,57 @@ def fit(
         initial=trainer.progress.step,
         desc="fit_neural",
         unit="step",
-        disable=not _show_progressbar(show_progressbar)
-        or (ctx is not None and not ctx.is_main),
+        disable=not show_bars,
         dynamic_ncols=True,
     )
     try:
-        with matmul_precision(opts.precision, device):
-            reason = trainer.run(total, time_budget, started, opts.checkpoint, bar)
+        try:
+            with matmul_precision(opts.precision, device):
+                reason = trainer.run(total, time_budget, started, opts.checkpoint, bar)
+        finally:
+            bar.close()
+            buffer.close()
+
+        detector = copy.deepcopy(getattr(signal, "detector", None))
+        xmap = getattr(signal, "xmap", None)
+        model = NeuralEBSDModel(
+            field,
+            geometry,
+            prep.intensity_range,
+            detector=detector,
+            history=trainer.progress.history,
+            spectrum=prep.spectrum,
+            options={**opts.to_dict(), "formulation": formulation, "seed": seed},
+            info={
+                "stop_reason": reason,
+                "steps": trainer.progress.step,
+                "seconds": trainer.elapsed,
+                "n_train_points": int(len(prep.train_points)),
+                "n_val_points": int(len(prep.val_points)),
+                "data_dtype": str(signal.data.dtype),
+                "world_size": 1 if ctx is None else ctx.world_size,
+            },
+            phases=None if xmap is None else xmap.phases,
+            validation_points=prep.val_points,
+        )
+        if formulation == "factorized" and opts.refit_bases:
+            # Each process reads its own shard (train_points); the sums meet
+            # in one all-reduce.
+            model.info["refit_bases"] = refit_bases(
+                model,
+                source,
+                train_points,
+                prep.val_points,
+                prep.val_patterns,
+                show_progressbar=show_bars,
+                reduce=None if ctx is None else ctx.sum_over_ranks,
+            )
+            if ctx is not None:
+                # Bit-identical models on every rank, whatever the devices.
+                ctx.broadcast_parameters(field)
     finally:
-        bar.close()
-        buffer.close()
         if ctx is not None:
             ctx.close()
-
-    detector = copy.deepcopy(getattr(signal, "detector", None))
-    xmap = getattr(signal, "xmap", None)
-    model = NeuralEBSDModel(
-        field,
-        geometry,
-        prep.intensity_range,
-        detector=detector,
-        history=trainer.progress.history,
-        spectrum=prep.spectrum,
-        options={**opts.to_dict(), "formulation": formulation, "seed": seed},
-        info={
-            "stop_reason": reason,
-            "steps": trainer.progress.step,
-            "seconds": trainer.elapsed,
-            "n_train_points": int(len(prep.train_points)),
-            "n_val_points": int(len(prep.val_points)),
-            "data_dtype": str(signal.data.dtype),
-            "world_size": 1 if ctx is None else ctx.world_size,
-        },
-        phases=None if xmap is None else xmap.phases,
-        validation_points=prep.val_points,
-    )
     if opts.point_intensity:
         # Every point the fit was allowed to read (training and validation).
         readable = np.zeros(geometry.n_points, bool)

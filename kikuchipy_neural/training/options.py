@@ -59,6 +59,7 @@ FORMULATION_ONLY: dict[str, tuple[str, ...]] = {
         "warm_start_lr",
         "warm_start_positions",
         "lr_ramp_steps",
+        "refit_bases",
     ),
     "joint": (
         "fourier_features",
@@ -133,6 +134,10 @@ class FitOptions:
         with the map (the validation set, at most ``max_validation_points``
         patterns, and the work arrays of a batch) comes on top.
     After training
+        ``refit_bases=True`` (ours, factorized): one more pass over the
+        training patterns solves the bases by least squares given the trained
+        network, kept if it lowers the validation MAE (see
+        :mod:`kikuchipy_neural.training.refit_bases`).
         ``point_intensity=False``: with True, a gain and an offset per scan
         point, fitted to the measured patterns after training and applied
         wherever the model decodes (4 bytes per point in float16 files; see
@@ -191,6 +196,7 @@ class FitOptions:
     # hardware
     precision: str = "float32"
     # after training
+    refit_bases: bool = True
     point_intensity: bool = False
 
     @classmethod
@@ -269,7 +275,7 @@ class FitOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that cannot work."""
-        for name in ("warm_start", "point_intensity"):
+        for name in ("warm_start", "refit_bases", "point_intensity"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False")
         if self.precision not in PRECISIONS:

@@ -1,0 +1,182 @@
+"""Closed-form refit of a factorized field's bases after training.
+
+A factorized pattern ``A(x, y) @ B`` is linear in the bases ``B``: given the
+trained coefficient network, the bases with the least squared error over the
+training patterns solve the normal equations ``(A^T A) B = A^T X``, one
+``R x R`` system shared by every pixel. Stochastic training ends near that
+optimum, not on it (network and bases still move together at a finite
+learning rate when early stopping or the time budget ends the fit, and the
+loss weights band pixels twice); one more pass over the data lands on it.
+Measured on the real 200 x 200 crop of ``benchmarks/compression.py``: the
+map MAE drops by 2 to 8 counts (0.6 to 1.7 %) at ranks 8 to 128, and the
+int8 model files stay within 2.5 % of their size.
+
+The refit is kept only when it lowers the mean absolute error on the
+validation points, which it never reads for the solve; without validation
+points it is kept whenever the solve is finite (it cannot raise the squared
+error of the points it was solved on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["refit_bases"]
+
+# Relative ridge on the normal equations: negligible for any usable fit
+# (whitened coefficients give a Gram matrix of order n), it only keeps the
+# solve finite when two coefficients are collinear.
+_RIDGE = 1e-9
+# Points per network evaluation and Gram product.
+_CHUNK = 4096
+
+
+@torch.no_grad()
+def refit_bases(
+    model,
+    source,
+    points: np.ndarray,
+    validation_points: np.ndarray | None = None,
+    validation_patterns: np.ndarray | None = None,
+    show_progressbar: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Replace the bases of ``model`` by their least-squares fit, in place.
+
+    Parameters
+    ----------
+    model
+        A factorized :class:`~kikuchipy_neural.NeuralEBSDModel` without
+        per-point intensities (those are fitted to the final bases).
+    source
+        :class:`~kikuchipy_neural.training.data.PatternSource` of the scan
+        the model was fitted to.
+    points
+        Flat (row-major) scan indices whose patterns the bases are solved on
+        (the fit's training points).
+    validation_points, validation_patterns
+        Held-out flat indices and their raw patterns ``(n, n_pixels)``: the
+        refit is kept only if it lowers their MAE. None: kept if finite.
+    show_progressbar
+        Show a progress bar over the tiles read.
+    reduce
+        In a data-parallel fit, each process passes its own shard as
+        ``points`` and a function that sums a tensor over the processes
+        (:meth:`~kikuchipy_neural.training.distributed.DistributedContext.sum_over_ranks`):
+        every process then solves the same system. None: one process.
+
+    Returns
+    -------
+    summary
+        ``applied`` (bool), ``points`` (number solved on, over all
+        processes),
+        ``validation_mae_before`` and ``validation_mae_after`` (counts, None
+        without validation points), ``seconds``.
+    """
+    field = model.field
+    if model.rank is None:
+        raise ValueError("Only factorized models have bases to refit")
+    if model.point_intensity is not None:
+        raise ValueError(
+            "Refit the bases before fitting per-point intensities: those are "
+            "fitted to the bases"
+        )
+    g = model.geometry
+    if tuple(source.pattern_shape) != tuple(g.pattern_shape) or (
+        source.ny * source.nx != g.n_points
+    ):
+        raise ValueError(
+            f"The patterns ({source.ny}x{source.nx} of "
+            f"{source.pattern_shape[0]}x{source.pattern_shape[1]}) are not the "
+            f"model's scan ({g.n_points} points of {g.pattern_shape[0]}x"
+            f"{g.pattern_shape[1]})"
+        )
+    points = np.unique(np.asarray(points, np.int64))
+    if points.size and (points[0] < 0 or points[-1] >= g.n_points):
+        raise ValueError(f"points must be flat indices in [0, {g.n_points})")
+    started = time.perf_counter()
+    lo, hi = model.intensity_range
+    device = model.device
+    rank = model.rank
+    summary: dict[str, Any] = {
+        "applied": False,
+        "points": int(points.size),
+        "validation_mae_before": None,
+        "validation_mae_after": None,
+    }
+    selected = np.zeros(g.n_points, bool)
+    selected[points] = True
+    gram = torch.zeros(rank, rank, dtype=torch.float64, device=device)
+    moments = torch.zeros(rank, g.n_pixels, dtype=torch.float64, device=device)
+    from tqdm.auto import tqdm
+
+    tiles = [t for t in source.tiles if selected[t.flat_indices(source.nx)].any()]
+    for tile, raw in tqdm(
+        source.iter_tiles(tiles),
+        total=len(tiles),
+        desc="refit_bases",
+        unit="tile",
+        disable=not show_progressbar,
+    ):
+        index = tile.flat_indices(source.nx)
+        use = selected[index]
+        flat = raw.reshape(len(index), -1)[use]
+        for start in range(0, len(flat), _CHUNK):
+            a = _coefficients(model, index[use][start : start + _CHUNK])
+            x = _normalized(flat[start : start + _CHUNK], lo, hi, device)
+            gram += (a.T @ a).double()
+            moments += (a.T @ x).double()
+    if reduce is not None:
+        # One reduction for the Gram matrix, the moments and the point count.
+        packed = torch.cat(
+            [gram.ravel(), moments.ravel(), gram.new_tensor([points.size])]
+        )
+        packed = reduce(packed)
+        gram = packed[: rank * rank].view(rank, rank)
+        moments = packed[rank * rank : -1].view(rank, -1)
+        summary["points"] = int(packed[-1])
+    if summary["points"] < rank:
+        summary["seconds"] = time.perf_counter() - started
+        return summary
+    gram += _RIDGE * torch.trace(gram) / rank * torch.eye(rank, device=device)
+    bases = torch.linalg.solve(gram, moments).to(field.bases.dtype)
+    if not torch.isfinite(bases).all():
+        summary["seconds"] = time.perf_counter() - started
+        return summary
+
+    keep = True
+    if validation_points is not None and len(validation_points):
+        a = torch.cat(
+            [
+                _coefficients(model, validation_points[s : s + _CHUNK])
+                for s in range(0, len(validation_points), _CHUNK)
+            ]
+        )
+        x = _normalized(validation_patterns, lo, hi, device)
+        before = float((a @ field.bases - x).abs().mean()) * (hi - lo)
+        after = float((a @ bases - x).abs().mean()) * (hi - lo)
+        summary.update(validation_mae_before=before, validation_mae_after=after)
+        keep = after < before
+    if keep:
+        field.bases.copy_(bases)
+    summary["applied"] = keep
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+def _coefficients(model, flat_index: np.ndarray) -> torch.Tensor:
+    """``A`` (constant 1 first) at flat scan indices, float32 ``(n, R)``."""
+    g = model.geometry
+    xy = torch.from_numpy(g.normalize(g.index_to_xy(np.asarray(flat_index))))
+    return model.field.coefficients(xy.to(model.device, torch.float32))
+
+
+def _normalized(raw: np.ndarray, lo: float, hi: float, device) -> torch.Tensor:
+    """Raw patterns ``(n, n_pixels)`` in the field's [0, 1] units, float32."""
+    x = torch.as_tensor(np.asarray(raw, np.float32), device=device)
+    return (x - lo) / (hi - lo)
