@@ -3,7 +3,7 @@
 Data: the real 200 x 200 crop of 120 x 120 px patterns (uint16 counts) in
 ``../shared/data/real/rx_ni_superalloy_calvat`` (see ``_real_data.py``).
 
-Three steps (each a subcommand; ``--help`` for options):
+The steps, each a subcommand (``--help`` for options):
 
 ``fit``
     Fit neural models over ranks and network widths, save each as a
@@ -11,6 +11,11 @@ Three steps (each a subcommand; ``--help`` for options):
     and kikuchipy are not installed (a bare GPU machine), the scan is
     passed to :func:`kikuchipy_neural.training.fit` as a minimal stand-in
     signal with the same axes.
+``refit-bases``
+    For models fitted before ``fit`` refitted the bases after training (fit
+    option ``refit_bases``, added 2026-12-02): the same function on the
+    loaded model, saved as a new float32 file. Model files do not keep the fit's validation points: as many are drawn
+    anew (``--seed``), held out of the solve and used to accept it.
 ``evaluate``
     In one run: every fitted model re-saved at every precision (file bytes,
     with ``--point-intensity`` also with a gain and offset per scan point as
@@ -216,6 +221,42 @@ def cmd_fit(args) -> None:
         print(
             f"{name}: {model.info['steps']} steps, {time.perf_counter() - t:.0f} s "
             f"({model.info['stop_reason']}), {best}",
+            flush=True,
+        )
+
+
+def cmd_refit_bases(args) -> None:
+    import torch
+
+    from kikuchipy_neural.io.model_file import load_model
+    from kikuchipy_neural.training.data import PatternSource
+    from kikuchipy_neural.training.refit_bases import refit_bases
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = np.ascontiguousarray(_load_data(args.cache))
+    source = PatternSource(data)
+    flat = data.reshape(data.shape[0] * data.shape[1], -1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    for path in sorted(Path(args.models).glob("neural_*.h5")):
+        model = load_model(path)
+        if "refit_bases" in model.info:
+            print(f"{path.name}: bases refitted by its fit, skipped", flush=True)
+            continue
+        n = model.geometry.n_points
+        val = np.sort(rng.choice(n, int(model.info["n_val_points"]), replace=False))
+        train = np.setdiff1d(np.arange(n), val)
+        summary = refit_bases(model, source, train, val, flat[val])
+        # Marked: not the fit's own refit (other validation points).
+        model.info["refit_bases"] = {**summary, "by": "compression.py refit-bases"}
+        model.save(out / path.name, precision="float32")
+        print(
+            f"{path.name}: {'kept' if summary['applied'] else 'rejected'}, "
+            f"validation MAE {summary['validation_mae_before']:.1f} -> "
+            f"{summary['validation_mae_after']:.1f} counts "
+            f"({summary['seconds']:.0f} s)",
             flush=True,
         )
 
@@ -1028,6 +1069,14 @@ def main(argv=None) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser(
+        "refit-bases", help="refit the bases of models fitted without the refit"
+    )
+    p.add_argument("--models", required=True, help="folder of float32 model files")
+    p.add_argument("--out", required=True, help="folder for the refitted files")
+    p.add_argument("--seed", type=int, default=0, help="draws the validation points")
+    p.set_defaults(run=cmd_refit_bases)
 
     p = sub.add_parser("evaluate", help="rate-distortion of models and baselines")
     p.add_argument(
