@@ -45,7 +45,8 @@ def test_fit_ends_on_the_least_squares_bases(small_map, short_fits):
     n = refitted.geometry.n_points
     train = np.setdiff1d(np.arange(n), refitted.validation_points)
     summary = refitted.info["refit_bases"]
-    assert summary["applied"] and summary["points"] == len(train)
+    assert summary["applied"] and summary["reason"] is None
+    assert summary["points"] == len(train)
     assert summary["points"] == refitted.info["n_train_points"]
 
     # The network is the trained one; only the bases moved.
@@ -100,7 +101,7 @@ def test_a_refit_that_raises_the_validation_mae_is_not_kept(small_map, short_fit
     own = model.query(model.geometry.index_to_xy(val)).reshape(len(val), -1)
     train = np.setdiff1d(np.arange(model.geometry.n_points), val)
     summary = refit_bases(model, PatternSource(small_map.data), train, val, own)
-    assert not summary["applied"]
+    assert not summary["applied"] and "validation MAE" in summary["reason"]
     assert summary["validation_mae_after"] > summary["validation_mae_before"]
     assert torch.equal(model.field.bases, bases)
 
@@ -141,7 +142,8 @@ def test_bad_requests_raise(small_map, short_fits):
     # Too few points for the rank: nothing is solved, nothing changes.
     bases = plain.field.bases.detach().clone()
     summary = refit_bases(plain, source, points[: plain.rank - 1])
-    assert not summary["applied"] and torch.equal(plain.field.bases, bases)
+    assert not summary["applied"] and "fewer points" in summary["reason"]
+    assert torch.equal(plain.field.bases, bases)
 
     with pytest.raises(ValueError, match="refit_bases must be True or False"):
         FitOptions.from_kwargs(refit_bases="yes")

@@ -74,8 +74,8 @@ def refit_bases(
     Returns
     -------
     summary
-        ``applied`` (bool), ``points`` (number solved on, over all
-        processes),
+        ``applied`` (bool), ``reason`` (why not, None when applied),
+        ``points`` (number solved on, over all processes),
         ``validation_mae_before`` and ``validation_mae_after`` (counts, None
         without validation points), ``seconds``.
     """
@@ -106,6 +106,7 @@ def refit_bases(
     rank = model.rank
     summary: dict[str, Any] = {
         "applied": False,
+        "reason": None,
         "points": int(points.size),
         "validation_mae_before": None,
         "validation_mae_after": None,
@@ -142,11 +143,13 @@ def refit_bases(
         moments = packed[rank * rank : -1].view(rank, -1)
         summary["points"] = int(packed[-1])
     if summary["points"] < rank:
+        summary["reason"] = f"fewer points than bases ({rank})"
         summary["seconds"] = time.perf_counter() - started
         return summary
     gram += _RIDGE * torch.trace(gram) / rank * torch.eye(rank, device=device)
     bases = torch.linalg.solve(gram, moments).to(field.bases.dtype)
     if not torch.isfinite(bases).all():
+        summary["reason"] = "the solve is not finite"
         summary["seconds"] = time.perf_counter() - started
         return summary
 
@@ -165,6 +168,8 @@ def refit_bases(
         keep = after < before
     if keep:
         field.bases.copy_(bases)
+    else:
+        summary["reason"] = "it raised the validation MAE"
     summary["applied"] = keep
     summary["seconds"] = time.perf_counter() - started
     return summary
