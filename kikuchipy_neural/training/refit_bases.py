@@ -15,7 +15,11 @@ ranks 128 and 206, whose high-order bases come out noisier than trained.
 The refit is kept only when it lowers the mean absolute error on the
 validation points, which it never reads for the solve; without validation
 points it is kept whenever the solve is finite (it cannot raise the squared
-error of the points it was solved on).
+error of the points it was solved on). The check matters on small, noisy
+fits: on the super-resolution benchmark's matched map (1035 training points
+of noisy 60 x 60 patterns, rank 9) the least-squares bases fit the training
+points' noise and raised the validation MAE by 3-5 counts at every seed, so
+those fits keep their trained bases.
 """
 
 from __future__ import annotations
