@@ -435,6 +435,18 @@ def _print_summary(s: dict[str, Any]) -> None:
                 f"{t['steps']} steps in {seconds}, stopped: {t['stop_reason']}, best validation MAE {mae}",
             )
         )
+    refit = t.get("refit_bases")
+    if refit:
+        outcome = "kept" if refit["applied"] else f"not kept ({refit.get('reason')})"
+        if refit.get("validation_mae_before") is not None:
+            outcome += (
+                f", the final model's validation MAE "
+                f"{refit['validation_mae_before']:.1f} -> "
+                f"{refit['validation_mae_after']:.1f} counts"
+            )
+        rows.append(
+            ("bases refit", f"least squares on {refit['points']} points, {outcome}")
+        )
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

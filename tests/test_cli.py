@@ -43,7 +43,7 @@ def test_a_subcommand_is_one_registered_function(capsys):
         del cli.COMMANDS["echo-test"]
 
 
-def test_info_prints_the_compression_ratio(model_path, capsys):
+def test_info_prints_the_compression_ratio(small_model, model_path, capsys):
     assert cli.main(["info", str(model_path)]) == 0
     out = capsys.readouterr().out
     # 12 x 12 points of 40 x 40 uint16 patterns = 460800 bytes.
@@ -51,6 +51,12 @@ def test_info_prints_the_compression_ratio(model_path, capsys):
     assert f"{ratio:.1f}x smaller than the raw uint16 patterns" in out
     assert "12 x 12 points" in out and "40 x 40 px" in out
     assert "precision    float32" in out
+    refit = small_model.info["refit_bases"]
+    assert (
+        f"bases refit  least squares on {refit['points']} points, "
+        f"{'kept' if refit['applied'] else 'not kept'}"
+    ) in out
+    assert f"{refit['validation_mae_after']:.1f} counts" in out
     assert cli.main(["info", str(model_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["raw_bytes"] == 460800

@@ -605,6 +605,7 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
             "best_val_mae": min(val_mae) if val_mae else None,
             "n_train_points": info.get("n_train_points"),
             "n_evaluations": len(history.get("step", [])),
+            "refit_bases": info.get("refit_bases"),
         },
     }
 
