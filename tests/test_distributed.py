@@ -162,6 +162,15 @@ def test_ddp_full_batch_equals_the_single_process_fit(ddp_runs):
     assert np.abs(r0["params"] - ref).max() < 1e-5 * np.abs(ref).max()
     np.testing.assert_allclose(r0["val_mae"], single.history["val_mae"], rtol=1e-4)
     assert list(r0["step"]) == single.history["step"]
+    # The bases' refit sums the two shards' normal equations: as many points
+    # and the same solve as in one process (the parameters above include it).
+    refit = json.loads(str(r0["info"]))["refit_bases"]
+    alone = single.info["refit_bases"]
+    assert refit["points"] == alone["points"] == single.info["n_train_points"]
+    assert refit["applied"] == alone["applied"]
+    assert refit["validation_mae_after"] == pytest.approx(
+        alone["validation_mae_after"], rel=1e-4
+    )
 
 
 def test_ddp_stochastic_fit_matches_single_process_in_expectation(ddp_runs):
