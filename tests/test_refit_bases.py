@@ -1,7 +1,8 @@
 """Closed-form refit of the bases after training (fit option ``refit_bases``):
 a fit ends on the least-squares bases of its training patterns (numpy's
 ``lstsq`` is the truth), leaves the network as trained, keeps a refit only
-when it lowers the validation MAE, and rejects requests it cannot serve."""
+when it lowers the validation MAE, keeps the trained model when the refit is
+interrupted, and rejects requests it cannot serve."""
 
 from __future__ import annotations
 
@@ -109,6 +110,25 @@ def test_a_refit_that_raises_the_validation_mae_is_not_kept(small_map, short_fit
     summary = refit_bases(model, PatternSource(small_map.data), train)
     assert summary["applied"] and summary["validation_mae_before"] is None
     assert not torch.equal(model.field.bases, bases)
+
+
+def test_an_interrupted_refit_keeps_the_trained_model(
+    small_map, short_fits, monkeypatch
+):
+    from kikuchipy_neural.training import refit_bases as module
+
+    _, plain = short_fits
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_coefficients", interrupted)
+    with pytest.warns(UserWarning, match="refit was interrupted"):
+        model = small_map.deepcopy().fit_neural(seed=0, **SHORT)
+    assert model.info["refit_bases"]["reason"] == "interrupted"
+    assert not model.info["refit_bases"]["applied"]
+    for name, value in plain.field.state_dict().items():
+        assert torch.equal(value, model.field.state_dict()[name]), name
 
 
 def _factorized_kwargs(model) -> dict:
