@@ -101,6 +101,7 @@ def main() -> None:
         "fit_seconds": fit_seconds,
         "steps": model.info["steps"],
         "stop_reason": model.info["stop_reason"],
+        "refit_bases": model.info.get("refit_bases"),
         "torch_threads": torch.get_num_threads(),
         "mae_aperture_counts": mae.counts,
         "mae_aperture_percent_of_max": mae.percent_of_max,
