@@ -14,8 +14,10 @@ The steps, each a subcommand (``--help`` for options):
 ``refit-bases``
     For models fitted before ``fit`` refitted the bases after training (fit
     option ``refit_bases``, added 2026-12-02): the same function on the
-    loaded model, saved as a new float32 file. Model files do not keep the fit's validation points: as many are drawn
-    anew (``--seed``), held out of the solve and used to accept it.
+    loaded model, saved as a new float32 file. Model files do not keep the
+    fit's validation points: as many are drawn anew (``--seed``), held out
+    of the solve and used to accept it (a weaker check than the fit's: the
+    network was trained on them).
 ``evaluate``
     In one run: every fitted model re-saved at every precision (file bytes,
     with ``--point-intensity`` also with a gain and offset per scan point as

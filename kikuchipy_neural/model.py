@@ -133,6 +133,13 @@ class NeuralEBSDModel:
         flat = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         return torch.from_numpy(self.geometry.normalize(flat))
 
+    def _normalize(self, raw) -> torch.Tensor:
+        """Measured intensities ``(...)`` -> float32 field units on the model's
+        device (the inverse of :meth:`_denormalize`)."""
+        lo, hi = self.intensity_range
+        x = torch.as_tensor(np.asarray(raw, np.float32), device=self.device)
+        return (x - lo) / (hi - lo)
+
     def _denormalize(self, values: torch.Tensor) -> np.ndarray:
         lo, hi = self.intensity_range
         return (values * (hi - lo) + lo).cpu().numpy()

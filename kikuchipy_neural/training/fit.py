@@ -462,8 +462,16 @@ def fit(
             validation_points=prep.val_points,
         )
         if formulation == "factorized" and opts.refit_bases:
-            model.info["refit_bases"] = _refit_bases(
-                model, source, train_points, prep, show_bars, ctx
+            # Each process reads its own shard (train_points); the sums meet
+            # in one all-reduce.
+            model.info["refit_bases"] = refit_bases(
+                model,
+                source,
+                train_points,
+                prep.val_points,
+                prep.val_patterns,
+                show_progressbar=show_bars,
+                reduce=None if ctx is None else ctx.sum_over_ranks,
             )
             if ctx is not None:
                 # Bit-identical models on every rank, whatever the devices.
@@ -478,36 +486,6 @@ def fit(
         readable[prep.val_points] = True
         model.point_intensity = fit_point_intensity(model, source, readable)
     return model
-
-
-def _refit_bases(model, source, train_points, prep, show_bars, ctx) -> dict:
-    """:func:`refit_bases` after training; an interrupt keeps the trained
-    bases (the refit changes them only at its end) and the model."""
-    try:
-        # Each process reads its own shard (train_points); the sums meet in
-        # one all-reduce.
-        return refit_bases(
-            model,
-            source,
-            train_points,
-            prep.val_points,
-            prep.val_patterns,
-            show_progressbar=show_bars,
-            reduce=None if ctx is None else ctx.sum_over_ranks,
-        )
-    except KeyboardInterrupt:
-        warnings.warn(
-            "The bases' refit was interrupted: keeping the trained bases",
-            stacklevel=3,
-        )
-        return {
-            "applied": False,
-            "reason": "interrupted",
-            "points": 0,
-            "validation_mae_before": None,
-            "validation_mae_after": None,
-            "seconds": None,
-        }
 
 
 def _show_progressbar(show: bool | None) -> bool:

@@ -29,6 +29,7 @@ points: it lowers the map's squared error by construction.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -109,8 +110,6 @@ def refit_bases(
     if points.size and (points[0] < 0 or points[-1] >= g.n_points):
         raise ValueError(f"points must be flat indices in [0, {g.n_points})")
     started = time.perf_counter()
-    lo, hi = model.intensity_range
-    device = model.device
     rank = model.rank
     summary: dict[str, Any] = {
         "applied": False,
@@ -119,12 +118,63 @@ def refit_bases(
         "validation_mae_before": None,
         "validation_mae_after": None,
     }
-    selected = np.zeros(g.n_points, bool)
-    selected[points] = True
-    gram = torch.zeros(rank, rank, dtype=torch.float64, device=device)
-    moments = torch.zeros(rank, g.n_pixels, dtype=torch.float64, device=device)
+    try:
+        gram, moments = _normal_equations(model, source, points, show_progressbar)
+    except KeyboardInterrupt:
+        # The bases change only at the end: the trained ones are intact.
+        warnings.warn(
+            "The bases' refit was interrupted: keeping the trained bases",
+            stacklevel=2,
+        )
+        return _done(summary, started, "interrupted")
+    if reduce is not None:
+        # One reduction for the Gram matrix, the moments and the point count.
+        packed = torch.cat(
+            [gram.ravel(), moments.ravel(), gram.new_tensor([points.size])]
+        )
+        packed = reduce(packed)
+        gram = packed[: rank * rank].view(rank, rank)
+        moments = packed[rank * rank : -1].view(rank, -1)
+        summary["points"] = int(packed[-1])
+    if summary["points"] < rank:
+        return _done(summary, started, f"fewer points than bases ({rank})")
+    gram += _RIDGE * torch.trace(gram) / rank * torch.eye(rank, device=gram.device)
+    bases = torch.linalg.solve(gram, moments).to(field.bases.dtype)
+    if not torch.isfinite(bases).all():
+        return _done(summary, started, "the solve is not finite")
+
+    if validation_points is not None and len(validation_points):
+        a = torch.cat(
+            [
+                _coefficients(model, validation_points[s : s + _CHUNK])
+                for s in range(0, len(validation_points), _CHUNK)
+            ]
+        )
+        x = model._normalize(validation_patterns)
+        lo, hi = model.intensity_range
+        before = float((a @ field.bases - x).abs().mean()) * (hi - lo)
+        after = float((a @ bases - x).abs().mean()) * (hi - lo)
+        summary.update(validation_mae_before=before, validation_mae_after=after)
+        if not after < before:
+            return _done(summary, started, "it raised the validation MAE")
+    field.bases.copy_(bases)
+    summary["applied"] = True
+    return _done(summary, started)
+
+
+def _normal_equations(
+    model, source, points: np.ndarray, show_progressbar: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A^T A`` ``(R, R)`` and ``A^T X`` ``(R, n_pixels)`` over ``points``
+    (float64, on the model's device): one pass over the tiles holding them."""
     from tqdm.auto import tqdm
 
+    selected = np.zeros(model.geometry.n_points, bool)
+    selected[points] = True
+    gram = torch.zeros(model.rank, model.rank, dtype=torch.float64, device=model.device)
+    moments = torch.zeros(
+        model.rank, model.geometry.n_pixels, dtype=torch.float64, device=model.device
+    )
     tiles = [t for t in source.tiles if selected[t.flat_indices(source.nx)].any()]
     for tile, raw in tqdm(
         source.iter_tiles(tiles),
@@ -138,59 +188,19 @@ def refit_bases(
         flat = raw.reshape(len(index), -1)[use]
         for start in range(0, len(flat), _CHUNK):
             a = _coefficients(model, index[use][start : start + _CHUNK])
-            x = _normalized(flat[start : start + _CHUNK], lo, hi, device)
+            x = model._normalize(flat[start : start + _CHUNK])
             gram += (a.T @ a).double()
             moments += (a.T @ x).double()
-    if reduce is not None:
-        # One reduction for the Gram matrix, the moments and the point count.
-        packed = torch.cat(
-            [gram.ravel(), moments.ravel(), gram.new_tensor([points.size])]
-        )
-        packed = reduce(packed)
-        gram = packed[: rank * rank].view(rank, rank)
-        moments = packed[rank * rank : -1].view(rank, -1)
-        summary["points"] = int(packed[-1])
-    if summary["points"] < rank:
-        summary["reason"] = f"fewer points than bases ({rank})"
-        summary["seconds"] = time.perf_counter() - started
-        return summary
-    gram += _RIDGE * torch.trace(gram) / rank * torch.eye(rank, device=device)
-    bases = torch.linalg.solve(gram, moments).to(field.bases.dtype)
-    if not torch.isfinite(bases).all():
-        summary["reason"] = "the solve is not finite"
-        summary["seconds"] = time.perf_counter() - started
-        return summary
+    return gram, moments
 
-    keep = True
-    if validation_points is not None and len(validation_points):
-        a = torch.cat(
-            [
-                _coefficients(model, validation_points[s : s + _CHUNK])
-                for s in range(0, len(validation_points), _CHUNK)
-            ]
-        )
-        x = _normalized(validation_patterns, lo, hi, device)
-        before = float((a @ field.bases - x).abs().mean()) * (hi - lo)
-        after = float((a @ bases - x).abs().mean()) * (hi - lo)
-        summary.update(validation_mae_before=before, validation_mae_after=after)
-        keep = after < before
-    if keep:
-        field.bases.copy_(bases)
-    else:
-        summary["reason"] = "it raised the validation MAE"
-    summary["applied"] = keep
+
+def _done(summary: dict[str, Any], started: float, reason: str | None = None):
+    summary["reason"] = reason
     summary["seconds"] = time.perf_counter() - started
     return summary
 
 
 def _coefficients(model, flat_index: np.ndarray) -> torch.Tensor:
     """``A`` (constant 1 first) at flat scan indices, float32 ``(n, R)``."""
-    g = model.geometry
-    xy = torch.from_numpy(g.normalize(g.index_to_xy(np.asarray(flat_index))))
-    return model.field.coefficients(xy.to(model.device, torch.float32))
-
-
-def _normalized(raw: np.ndarray, lo: float, hi: float, device) -> torch.Tensor:
-    """Raw patterns ``(n, n_pixels)`` in the field's [0, 1] units, float32."""
-    x = torch.as_tensor(np.asarray(raw, np.float32), device=device)
-    return (x - lo) / (hi - lo)
+    net = model._to_network(model.geometry.index_to_xy(flat_index), False)
+    return model.field.coefficients(net.to(model.device))
