@@ -46,7 +46,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -164,7 +163,7 @@ def _local_rank(residual: np.ndarray, shape, seed: int = 0) -> dict:
 
 
 def evaluate_model(path: str, data, mask) -> dict:
-    from kikuchipy_neural.io.model_file import load_model
+    from kikuchipy_neural.io.model_file import file_summary, load_model
 
     t0 = time.perf_counter()
     ny, nx = data.shape[:2]
@@ -172,8 +171,7 @@ def evaluate_model(path: str, data, mask) -> dict:
     raw, scale = data.size * 2, C.FULL_MAP_POINTS / n
     model = load_model(path)
     file_bytes = os.path.getsize(path)
-    with h5py.File(path, "r") as f:
-        precision = str(f.attrs["precision"])
+    precision = file_summary(path)["precision"]
     lo, hi = model.intensity_range
     bases = (model.field.bases.detach().numpy() * (hi - lo))[:, mask].astype(np.float32)
     grid = model.geometry.grid_xy().reshape(-1, 2)
