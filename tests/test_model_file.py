@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import h5py
@@ -282,8 +283,16 @@ def test_file_structure_is_small(small_model, tmp_path):
             assert h5py.check_string_dtype(f.attrs.get_id(name).dtype).length
         stored = sum(f[k].id.get_storage_size() for k in f)
         n_datasets = len(f)
+        header = bytes(f["header"][()]).decode()
     # 614 bytes per dataset here (10 datasets), 1024 with the global heap.
     assert path.stat().st_size - stored < 700 * n_datasets
+    # The history's floats are written at float32, not with 17 digits.
+    history = header[header.index('"history"') : header.index('"options"')]
+    digits = [
+        len(m.strip("-").replace(".", "").lstrip("0"))
+        for m in re.findall(r"-?\d+\.\d+", history)
+    ]
+    assert digits and max(digits) <= 9
 
 
 # ------------------------------------------------------------ lazy loading
