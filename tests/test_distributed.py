@@ -104,8 +104,11 @@ def ddp_runs(small_map, tmp_path_factory):
             memory_budget=4 * 24 * 1600 * 2,
             checkpoint=str(out / "sharded.ckpt"),
         ),
-        # A time budget ends every rank at the same step.
-        "budget": dict(FAST, seed=5, time_budget=4.0, patience=10**6),
+        # A time budget ends every rank at the same step. The bases' refit
+        # on every point: rank 0 adds the validation points to its shard.
+        "budget": dict(
+            FAST, seed=5, time_budget=4.0, patience=10**6, refit_bases="all"
+        ),
     }
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
@@ -146,7 +149,12 @@ def test_ddp_ranks_agree_and_stop_together(ddp_runs):
         info0, info1 = json.loads(str(r0["info"])), json.loads(str(r1["info"]))
         assert info0["world_size"] == 2 and info0["main"] and not info1["main"]
         assert info0["steps"] == info1["steps"]
-    assert json.loads(str(ranks["budget"][0]["info"]))["stop_reason"] == "time_budget"
+    budget = json.loads(str(ranks["budget"][0]["info"]))
+    assert budget["stop_reason"] == "time_budget"
+    # Every point once: the two shards and the validation points.
+    assert budget["refit_bases"]["applied"]
+    assert budget["refit_bases"]["points"] == 144
+    assert budget["n_train_points"] + budget["n_val_points"] == 144
     assert (out / "sharded.ckpt").exists()
 
 

@@ -89,6 +89,29 @@ def test_fit_ends_on_the_least_squares_bases(small_map, short_fits):
     )
 
 
+def test_refit_on_every_point_for_compression(small_map, short_fits):
+    refitted, plain = short_fits
+    every = small_map.deepcopy().fit_neural(seed=0, refit_bases="all", **SHORT)
+    n = every.geometry.n_points
+    summary = every.info["refit_bases"]
+    assert summary["applied"] and summary["points"] == n
+    assert summary["validation_mae_before"] is None
+    for name, value in plain.field.state_dict().items():
+        same = torch.equal(value, every.field.state_dict()[name])
+        assert same == (name != "bases"), name
+    # Truth: least squares on every pattern of the map, validation included.
+    flat = _normalized(every, small_map.data.reshape(n, -1))
+    a = _coefficients(every, np.arange(n))
+    expected = np.linalg.lstsq(a, flat, rcond=None)[0]
+    got = every.field.bases.detach().double().numpy()
+    np.testing.assert_allclose(
+        got, expected, rtol=0, atol=2e-5 * np.abs(expected).max()
+    )
+    # So the map's squared error is below the default refit's.
+    held_out = refitted.field.bases.detach().double().numpy()
+    assert ((a @ got - flat) ** 2).sum() < ((a @ held_out - flat) ** 2).sum()
+
+
 def test_a_refit_that_raises_the_validation_mae_is_not_kept(small_map, short_fits):
     _, plain = short_fits
     model = copy.deepcopy(plain)  # the fixture stays as fitted
@@ -155,7 +178,7 @@ def test_bad_requests_raise(small_map, short_fits):
     assert not summary["applied"] and "fewer points" in summary["reason"]
     assert torch.equal(plain.field.bases, bases)
 
-    with pytest.raises(ValueError, match="refit_bases must be True or False"):
+    with pytest.raises(ValueError, match="refit_bases must be True, False or 'all'"):
         FitOptions.from_kwargs(refit_bases="yes")
     with pytest.raises(TypeError, match="'refit_bases' do not apply"):
         FitOptions.from_kwargs(formulation="joint", refit_bases=False)

@@ -464,12 +464,23 @@ def fit(
         if formulation == "factorized" and opts.refit_bases:
             # Each process reads its own shard (train_points); the sums meet
             # in one all-reduce.
-            model.info["refit_bases"] = refit_bases(
-                model,
-                source,
+            points, val_points, val_patterns = (
                 train_points,
                 prep.val_points,
                 prep.val_patterns,
+            )
+            if opts.refit_bases == "all":
+                # Every point of the map, nothing held out; every process
+                # has the validation points, rank 0 adds them to its shard.
+                if ctx is None or ctx.is_main:
+                    points = np.concatenate([train_points, prep.val_points])
+                val_points = val_patterns = None
+            model.info["refit_bases"] = refit_bases(
+                model,
+                source,
+                points,
+                val_points,
+                val_patterns,
                 show_progressbar=show_bars,
                 reduce=None if ctx is None else ctx.sum_over_ranks,
             )

@@ -137,7 +137,11 @@ class FitOptions:
         ``refit_bases=True`` (ours, factorized): one more pass over the
         training patterns solves the bases by least squares given the trained
         network, kept if it lowers the validation MAE (see
-        :mod:`kikuchipy_neural.training.refit_bases`).
+        :mod:`kikuchipy_neural.training.refit_bases`). ``"all"``: solved on
+        every point of the map, validation points included, and kept: for
+        compression, where only the map's points count (with many bases the
+        solve also fits the points' noise, so patterns between points may
+        get slightly worse).
         ``point_intensity=False``: with True, a gain and an offset per scan
         point, fitted to the measured patterns after training and applied
         wherever the model decodes (4 bytes per point in float16 files; see
@@ -196,7 +200,7 @@ class FitOptions:
     # hardware
     precision: str = "float32"
     # after training
-    refit_bases: bool = True
+    refit_bases: bool | str = True  # or "all"
     point_intensity: bool = False
 
     @classmethod
@@ -275,9 +279,13 @@ class FitOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that cannot work."""
-        for name in ("warm_start", "refit_bases", "point_intensity"):
+        for name in ("warm_start", "point_intensity"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False")
+        if not (isinstance(self.refit_bases, bool) or self.refit_bases == "all"):
+            raise ValueError(
+                f"refit_bases must be True, False or 'all', got {self.refit_bases!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"precision must be one of {PRECISIONS}, got {self.precision!r}"

@@ -22,8 +22,9 @@ of noisy 60 x 60 patterns, rank 9) the least-squares bases fit the training
 points' noise and raised the validation MAE by 3-5 counts at every seed, so
 those fits keep their trained bases; so did the default rank-206 fit of the
 real crop (+1.7 counts). Where the map's own points are all that matters
-(compression), call :func:`refit_bases` on every point without validation
-points: it lowers the map's squared error by construction.
+(compression), fit with ``refit_bases="all"``: the solve then reads every
+point, validation points included, and is kept (it lowers the map's squared
+error by construction).
 """
 
 from __future__ import annotations
