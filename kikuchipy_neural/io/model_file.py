@@ -134,6 +134,7 @@ _ALLOWED_FILTERS = {
     h5py.h5z.FILTER_SHUFFLE,
     h5py.h5z.FILTER_FLETCHER32,
 }
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Arrays smaller than this are stored contiguous, without compression.
 _COMPRESS_FROM_BYTES = 4096
 
@@ -457,7 +458,7 @@ def _at_float32(obj: Any) -> Any:
     shortest form (about 8 significant digits instead of 17): the training
     history's losses are float32 values anyway, and the rounding takes 2.4 kB
     off the rank-8 crop model's 101 kB int8 file."""
-    if isinstance(obj, float) and math.isfinite(obj) and abs(obj) < 3.4e38:
+    if isinstance(obj, float) and abs(obj) <= _FLOAT32_MAX:  # NaN, inf: kept
         return float(str(np.float32(obj)))
     if isinstance(obj, dict):
         return {k: _at_float32(v) for k, v in obj.items()}

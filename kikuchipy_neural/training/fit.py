@@ -464,23 +464,18 @@ def fit(
         if formulation == "factorized" and opts.refit_bases:
             # Each process reads its own shard (train_points); the sums meet
             # in one all-reduce.
-            points, val_points, val_patterns = (
-                train_points,
-                prep.val_points,
-                prep.val_patterns,
-            )
+            points, held_out = train_points, (prep.val_points, prep.val_patterns)
             if opts.refit_bases == "all":
-                # Every point of the map, nothing held out; every process
+                # Every point the fit reads, nothing held out; every process
                 # has the validation points, rank 0 adds them to its shard.
                 if ctx is None or ctx.is_main:
                     points = np.concatenate([train_points, prep.val_points])
-                val_points = val_patterns = None
+                held_out = (None, None)
             model.info["refit_bases"] = refit_bases(
                 model,
                 source,
                 points,
-                val_points,
-                val_patterns,
+                *held_out,
                 show_progressbar=show_bars,
                 reduce=None if ctx is None else ctx.sum_over_ranks,
             )

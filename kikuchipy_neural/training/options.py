@@ -138,8 +138,9 @@ class FitOptions:
         training patterns solves the bases by least squares given the trained
         network, kept if it lowers the validation MAE (see
         :mod:`kikuchipy_neural.training.refit_bases`). ``"all"``: solved on
-        every point of the map, validation points included, and kept: for
-        compression, where only the map's points count (with many bases the
+        every point the fit reads (all of the map, or of ``mask``),
+        validation points included, and kept: for compression, where only
+        the map's points count (with many bases the
         solve also fits the points' noise, so patterns between points may
         get slightly worse).
         ``point_intensity=False``: with True, a gain and an offset per scan

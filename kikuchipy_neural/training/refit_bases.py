@@ -23,8 +23,8 @@ points' noise and raised the validation MAE by 3-5 counts at every seed, so
 those fits keep their trained bases; so did the default rank-206 fit of the
 real crop (+1.7 counts). Where the map's own points are all that matters
 (compression), fit with ``refit_bases="all"``: the solve then reads every
-point, validation points included, and is kept (it lowers the map's squared
-error by construction).
+point the fit reads, validation points included, and is kept (it lowers the
+map's squared error by construction).
 """
 
 from __future__ import annotations
