@@ -138,6 +138,15 @@ def _human_bytes(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _check_out_folder(path: str, flag: str = "--out") -> None:
+    """Raise before hours of fitting or decoding, not when writing."""
+    from pathlib import Path
+
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise CLIError(f"{flag} {path}: no folder {folder}")
+
+
 def _read_scan(path: str, lazy: bool):
     import kikuchipy as kp
 
@@ -243,6 +252,7 @@ def _fit(args: argparse.Namespace) -> int:
     from kikuchipy_neural.training.options import FitOptions
 
     FitOptions.from_kwargs(args.formulation, **options)
+    _check_out_folder(args.out)
     signal = _read_scan(args.scan, args.lazy)
     model = signal.fit_neural(
         formulation=args.formulation,
@@ -309,6 +319,7 @@ def _decode(args: argparse.Namespace) -> int:
     from kikuchipy_neural.io.lazy_decoding import load
 
     out = Path(args.out)
+    _check_out_folder(args.out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
     try:

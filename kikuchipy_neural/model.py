@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from kikuchipy_neural._device import resolve_device
 from kikuchipy_neural.fields.base import NeuralField
 from kikuchipy_neural.geometry import ScanGeometry
 
@@ -111,7 +112,7 @@ class NeuralEBSDModel:
 
     def to(self, device: str | torch.device) -> NeuralEBSDModel:
         """Move the field to ``device``; returns the model."""
-        self.field.to(device)
+        self.field.to(resolve_device(device))
         return self
 
     def __repr__(self) -> str:

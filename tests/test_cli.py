@@ -164,6 +164,16 @@ def test_fit_rejects_unknown_options_before_reading(tmp_path, capsys):
     assert cli.main(["fit", "x.h5", "--out", "m.h5", "--precision", "int4"]) == 2
 
 
+def test_a_missing_output_folder_fails_before_the_work(model_path, tmp_path, capsys):
+    # Found before reading the scan (which does not exist either), not after
+    # the fit when the model is written.
+    out = str(tmp_path / "missing" / "m.h5")
+    assert cli.main(["fit", str(tmp_path / "scan.h5"), "--out", out]) == 2
+    assert "no folder" in capsys.readouterr().err
+    assert cli.main(["decode", str(model_path), "--out", out]) == 2
+    assert "no folder" in capsys.readouterr().err
+
+
 def test_parse_option():
     assert cli.parse_option("siren_width=128") == ("siren_width", 128)
     assert cli.parse_option("lr=1e-3") == ("lr", 1e-3)

@@ -329,6 +329,21 @@ def test_bad_input_raises_before_training(small_map):
     single.set_signal_type("NeuralEBSD")
     with pytest.raises(ValueError, match="no navigation axes"):
         single.fit_neural()
+    with pytest.raises(ValueError, match="Unknown device 'gpu0'"):
+        small_map.fit_neural(device="gpu0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_raises_a_clear_error(small_map, small_model):
+    # torch itself fails later with "AssertionError: Torch not compiled with
+    # CUDA enabled" (model.to) or deep in the fit.
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        small_map.fit_neural(device="cuda:0")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        small_model.to("cuda")
+    with pytest.raises(ValueError, match="Unknown device"):
+        small_model.to("bogus")
+    assert small_model.to("cpu").device == torch.device("cpu")
 
 
 def test_options_are_validated():

@@ -269,6 +269,8 @@ def test_save_arguments(small_model, tmp_path):
     small_model.save(path)
     with pytest.raises(FileExistsError):
         small_model.save(path, overwrite=False)
+    with pytest.raises(FileNotFoundError, match="no folder .*missing"):
+        small_model.save(tmp_path / "missing" / "m.h5")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert file_summary(path)["precision"] == "float16"
 

@@ -176,6 +176,9 @@ def save_model(
             f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}"
         )
     path = Path(path)
+    if not path.parent.is_dir():
+        # Else h5py's error names the temporary file, not the user's path.
+        raise FileNotFoundError(f"Cannot write {path}: no folder {path.parent}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays, header = _encode(model, precision)

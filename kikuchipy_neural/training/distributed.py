@@ -55,6 +55,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from kikuchipy_neural._device import resolve_device
+
 __all__ = [
     "DistributedContext",
     "is_main_process",
@@ -333,12 +335,7 @@ def setup(
 
 
 def _rank_device(device, local_rank: int) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    device = resolve_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device

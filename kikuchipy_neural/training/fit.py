@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kikuchipy_neural._device import resolve_device
 from kikuchipy_neural.fields import FIELDS, FactorizedField, JointField, build_field
 from kikuchipy_neural.fields.joint import curriculum_scale
 from kikuchipy_neural.geometry import ScanGeometry
@@ -36,20 +37,10 @@ from kikuchipy_neural.training.samplers import (
     band_share,
 )
 
-__all__ = ["fit", "resolve_device"]
+__all__ = ["fit"]
 
 # The paper's step limit, used when max_steps is None.
 DEFAULT_MAX_STEPS = 200_000
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> "cuda" when available, else "cpu"; unknown devices raise."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but CUDA is not available")
-    return device
 
 
 def _train_mask(mask, geometry: ScanGeometry) -> np.ndarray:
