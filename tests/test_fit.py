@@ -270,6 +270,45 @@ def test_resume_continues_exactly_where_it_stopped(small_map, tmp_path):
     assert _equal_states(_state(resumed), _state(full))
 
 
+def test_a_step_limit_between_evaluations_still_writes_the_checkpoint(
+    small_map, tmp_path
+):
+    # 7 steps, evaluations every 5: the checkpoint holds step 7, not 5 (and
+    # a fit shorter than one evaluation interval leaves one at all).
+    options = dict(FAST_FIT, eval_every=5)
+    ckpt = tmp_path / "fit.ckpt"
+    small_map.deepcopy().fit_neural(max_steps=7, checkpoint=str(ckpt), **options)
+    assert torch.load(ckpt, weights_only=True)["trainer"]["step"] == 7
+    resumed = small_map.deepcopy().fit_neural(max_steps=12, resume=str(ckpt), **options)
+    assert resumed.info["steps"] == 12
+    assert resumed.history["step"][-1] == 12
+
+
+def test_unreadable_checkpoints_raise_clear_errors(small_map, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint at"):
+        small_map.fit_neural(resume=tmp_path / "missing.ckpt", **FAST_FIT)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a kikuchipy-neural checkpoint") as info:
+        small_map.fit_neural(resume=garbage, **FAST_FIT)
+    assert "weights_only" not in str(info.value)
+    # A pickle that would run code when unpickled is refused, not run.
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"x": Payload()}, crafted, pickle_module=pickle)
+    with pytest.raises(ValueError, match="not a kikuchipy-neural checkpoint"):
+        small_map.fit_neural(resume=crafted, **FAST_FIT)
+    tensors = tmp_path / "tensors.ckpt"
+    torch.save({"format": "other"}, tensors)
+    with pytest.raises(ValueError, match="not a kikuchipy-neural checkpoint"):
+        small_map.fit_neural(resume=tensors, **FAST_FIT)
+
+
 def test_keyboard_interrupt_keeps_the_model_and_checkpoint(
     small_map, tmp_path, monkeypatch
 ):

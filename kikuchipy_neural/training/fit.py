@@ -43,6 +43,25 @@ __all__ = ["fit"]
 DEFAULT_MAX_STEPS = 200_000
 
 
+def _read_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint's contents; only tensors and plain containers are
+    unpickled (``weights_only``), so a crafted file cannot run code."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint at {path}")
+    try:
+        state = torch.load(os.fspath(path), weights_only=True, map_location="cpu")
+    except Exception as error:
+        # torch's message suggests weights_only=False, which would run any
+        # code a crafted file holds: not advice to pass on.
+        raise ValueError(
+            f"{path} is not a kikuchipy-neural checkpoint, or is damaged "
+            f"({type(error).__name__})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a kikuchipy-neural checkpoint")
+    return state
+
+
 def _train_mask(mask, geometry: ScanGeometry) -> np.ndarray:
     """Flat boolean mask over scan points (True: may be trained on)."""
     if mask is None:
@@ -311,9 +330,7 @@ def fit(
 
     checkpoint_state = None
     if resume is not None:
-        checkpoint_state = torch.load(
-            os.fspath(resume), weights_only=True, map_location="cpu"
-        )
+        checkpoint_state = _read_checkpoint(resume)
         if checkpoint_state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{resume} is not a kikuchipy-neural checkpoint")
         if ScanGeometry.from_dict(checkpoint_state["geometry"]) != geometry:

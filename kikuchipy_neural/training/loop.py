@@ -286,9 +286,9 @@ class Trainer:
                     self._start_stage(i)
                 while not state.done:
                     if p.step >= max_steps:
-                        return self._finish("max_steps")
+                        return self._finish("max_steps", checkpoint)
                     if time_budget is not None and self._out_of_time(time_budget):
-                        return self._finish("time_budget")
+                        return self._finish("time_budget", checkpoint)
                     if stage.on_step is not None:
                         stage.on_step(state.step)
                     self._running_loss.append(self._train_step(stage, opt, state.step))

@@ -128,9 +128,11 @@ class FitOptions:
         ``max_validation_points=2048``) are held out and never trained on;
         evaluated every ``eval_every=25`` steps; ``pca_samples=200_000``
         patterns at most for PCA; ``checkpoint`` path written at every
-        evaluation; ``memory_budget`` bytes, per process, for what grows
-        with a lazy map: the buffered patterns and the warm start's PCA
-        scores while training, the PCA subsample before. What does not grow
+        evaluation and when the fit stops (a step or time limit, an
+        interrupt), so ``resume=`` continues from the last step;
+        ``memory_budget`` bytes, per process, for what grows with a lazy
+        map: the buffered patterns and the warm start's PCA scores while
+        training, the PCA subsample before. What does not grow
         with the map (the validation set, at most ``max_validation_points``
         patterns, and the work arrays of a batch) comes on top.
     After training
