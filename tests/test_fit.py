@@ -282,6 +282,20 @@ def test_a_step_limit_between_evaluations_still_writes_the_checkpoint(
     resumed = small_map.deepcopy().fit_neural(max_steps=12, resume=str(ckpt), **options)
     assert resumed.info["steps"] == 12
     assert resumed.history["step"][-1] == 12
+    # What the checkpoint's network and split were built from cannot change.
+    for changed, match in [
+        ({"siren_width": 32}, "siren_width=32"),
+        ({"validation_fraction": 0.2}, "validation_fraction=0.2"),
+        ({"rank": 5}, "keeps the checkpoint's rank"),
+        ({"variance": 0.9}, "keeps the checkpoint's rank"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            small_map.fit_neural(resume=str(ckpt), **{**options, **changed})
+    rank = resumed.rank
+    again = small_map.deepcopy().fit_neural(
+        max_steps=13, resume=str(ckpt), rank=rank, lr=5e-5, **options
+    )
+    assert again.rank == rank and again.info["steps"] == 13
 
 
 def test_unreadable_checkpoints_raise_clear_errors(small_map, tmp_path):

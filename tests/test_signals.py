@@ -178,6 +178,8 @@ def test_model_is_carried_and_checked(fitted_map, small_model):
     assert not hasattr(plain, "neural_model")
     with pytest.raises(ValueError, match="patterns of shape"):
         fitted_map.isig[:20, :20].neural_model = small_model
+    with pytest.raises(TypeError, match="must be a NeuralEBSDModel"):
+        fitted_map.deepcopy().neural_model = "model.h5"
 
 
 def test_real_nickel_scan_converts():

@@ -64,6 +64,13 @@ class NeuralEBSD(EBSD):
     @neural_model.setter
     def neural_model(self, model: NeuralEBSDModel | None) -> None:
         if model is not None:
+            from kikuchipy_neural.model import NeuralEBSDModel
+
+            if not isinstance(model, NeuralEBSDModel):
+                raise TypeError(
+                    "neural_model must be a NeuralEBSDModel (from fit_neural or "
+                    f"kikuchipy_neural.load_model) or None, got {type(model).__name__}"
+                )
             model.check_signal_compatible(self)
         self._neural_model = model
 

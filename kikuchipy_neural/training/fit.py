@@ -340,6 +340,12 @@ def fit(
                 f"{resume} holds a {checkpoint_state['formulation']!r} fit, not "
                 f"{formulation!r}"
             )
+        saved_rank = checkpoint_state["prep"]["rank"]
+        if variance is not None or (rank != "auto" and rank != saved_rank):
+            raise ValueError(
+                f"A resumed fit keeps the checkpoint's rank ({saved_rank}): "
+                "leave rank and variance out"
+            )
         opts = FitOptions.resumed(checkpoint_state["options"], formulation, **options)
         if opts.checkpoint is None:
             opts.checkpoint = os.fspath(resume)

@@ -17,7 +17,13 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FORMULATION_DEFAULTS", "FORMULATION_ONLY", "FitOptions", "SAMPLERS"]
+__all__ = [
+    "FIXED_ON_RESUME",
+    "FORMULATION_DEFAULTS",
+    "FORMULATION_ONLY",
+    "FitOptions",
+    "SAMPLERS",
+]
 
 SAMPLERS = ("positions", "coordinates")
 # Numerical precision of training (see kikuchipy_neural.training.accelerate).
@@ -69,6 +75,22 @@ FORMULATION_ONLY: dict[str, tuple[str, ...]] = {
         "lr_halving_steps",
     ),
 }
+
+
+# Options fixed when a fit starts (network shape, validation split, stages);
+# FitOptions.resumed refuses to change them.
+FIXED_ON_RESUME = (
+    "siren_width",
+    "siren_layers",
+    "first_omega_0",
+    "hidden_omega_0",
+    "fourier_features",
+    "fourier_sigma",
+    "validation_fraction",
+    "max_validation_points",
+    "pca_samples",
+    "warm_start",
+)
 
 
 @dataclass
@@ -222,10 +244,25 @@ class FitOptions:
         cls, saved: dict[str, Any], formulation: str, **options: Any
     ) -> FitOptions:
         """Options of a resumed fit: the checkpoint's ``saved`` options,
-        overridden by the user's (checked as in :meth:`from_kwargs`)."""
+        overridden by the user's (checked as in :meth:`from_kwargs`).
+
+        Those in :data:`FIXED_ON_RESUME` shaped the network, the validation
+        split or the stages when the fit started: a different value raises,
+        instead of being silently ignored.
+        """
         cls._check_names(formulation, options)
         names = {f.name for f in dataclasses.fields(cls)}
         saved = {k: v for k, v in saved.items() if k in names}
+        changed = [
+            f"{k}={options[k]!r} (checkpoint: {saved[k]!r})"
+            for k in FIXED_ON_RESUME
+            if k in options and k in saved and options[k] != saved[k]
+        ]
+        if changed:
+            raise ValueError(
+                "A resumed fit continues the checkpoint's network, validation "
+                "split and stages; these options cannot change: " + ", ".join(changed)
+            )
         return cls._build({**saved, **options})
 
     @staticmethod
