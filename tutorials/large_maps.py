@@ -14,8 +14,7 @@
 # # Maps larger than memory, clusters, GPUs, and the joint formulation
 #
 # Real maps hold 10^5 to 10^6 patterns and tens of GB. This tutorial shows
-# the three ways kikuchipy-neural scales, on a map small enough to run
-# anywhere:
+# how kikuchipy-neural scales, on a map small enough to run anywhere:
 #
 # 1. **out-of-core training**: a lazy signal backed by an h5ebsd file is
 #    fitted within a `memory_budget`: dask chunks stream through a bounded
@@ -23,7 +22,9 @@
 # 2. **distributed decoding**: reconstructions, finer grids and gradient maps
 #    are dask graphs that any scheduler computes, a `dask.distributed`
 #    cluster included; the model travels to each worker once;
-# 3. **data-parallel training** with `torchrun` (one process per GPU), shown
+# 3. **checkpoints**: a fit of hours survives interruptions and resumes
+#    where it stopped;
+# 4. **data-parallel training** with `torchrun` (one process per GPU), shown
 #    as the script to launch;
 #
 # and ends with the **joint** formulation (4D-INR), the paper's baseline,
@@ -113,6 +114,40 @@ axes[0].set_title("one detector pixel over a 2x finer grid")
 axes[1].imshow(gradient.data, cmap="magma")
 axes[1].set_title("diffraction gradient S, 2x finer")
 fig.savefig(OUT / "large_maps_cluster.png", dpi=100)
+
+# %% [markdown]
+# ## Long fits: checkpoints and resuming
+# A fit of a real map takes hours. With `checkpoint=` the training state
+# (network, optimiser, schedules, sampler, history) is written at every
+# evaluation and whenever the fit stops: on a step or time limit, or on an
+# interrupt (Ctrl-C keeps the best model so far). A crash loses at most
+# `eval_every` steps. `resume=` continues from the checkpoint; what shaped
+# the network and the validation split cannot change then (it raises),
+# limits and learning rates can. Here a fit stopped by a step limit is
+# resumed with a larger one.
+
+# %%
+ckpt = OUT / "fit.ckpt"
+steps = 40 if FAST else 400
+first = lazy.fit_neural(
+    memory_budget=budget, seed=0, max_steps=steps, checkpoint=str(ckpt), **FIT
+)
+resumed = lazy.fit_neural(
+    memory_budget=budget, seed=0, max_steps=2 * steps, resume=str(ckpt), **FIT
+)
+print(
+    f"first fit: {first.info['steps']} steps ({first.info['stop_reason']}); "
+    f"resumed: {resumed.info['steps']} steps ({resumed.info['stop_reason']})"
+)
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.plot(resumed.history["step"], resumed.history["val_mae"], "o-", label="resumed fit")
+ax.plot(first.history["step"], first.history["val_mae"], "x", label="first fit")
+ax.axvline(first.info["steps"], color="gray", ls="--")
+ax.set_xlabel("step")
+ax.set_ylabel("validation MAE (counts)")
+ax.legend()
+fig.tight_layout()
+fig.savefig(OUT / "large_maps_resume.png", dpi=100)
 
 # %% [markdown]
 # ## Data-parallel training on several GPUs
