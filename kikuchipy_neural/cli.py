@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as err:
         print(f"kikuchipy-neural {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # A fit keeps its model on Ctrl-C (and this is not reached); a decode
+        # leaves no partial file.
+        print(f"kikuchipy-neural {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, FileExistsError, OSError, ValueError, TypeError) as err:
         # Bad input (a missing file, a corrupted model, an unknown option):
         # the message says what is wrong; a traceback would hide it.
@@ -348,10 +355,20 @@ def _decode(args: argparse.Namespace) -> int:
 
     previous = preferences.General.show_progressbar
     preferences.General.show_progressbar = not args.quiet
+    # Written under a temporary name and renamed when complete: an interrupted
+    # or failed decode leaves no truncated file under the user's name.
+    partial = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
     try:
-        signal.save(str(out), overwrite=True)
+        signal.save(str(partial), overwrite=True)
+        if out.is_dir():  # a directory store (.zspy) being overwritten
+            shutil.rmtree(out)
+        os.replace(partial, out)
     finally:
         preferences.General.show_progressbar = previous
+        if partial.is_dir():
+            shutil.rmtree(partial)
+        elif partial.exists():
+            partial.unlink()
     return 0
 
 

@@ -107,6 +107,35 @@ def test_decode_upsampled_to_h5ebsd(small_model, model_path, tmp_path, capsys):
     )
 
 
+def test_an_interrupted_decode_leaves_no_file(
+    model_path, tmp_path, monkeypatch, capsys
+):
+    import kikuchipy as kp
+    from kikuchipy.signals import EBSD
+
+    save = EBSD.save
+
+    def interrupted(self, filename, *args, **kwargs):
+        save(self.inav[:1], filename, *args, **kwargs)  # a partial file
+        raise KeyboardInterrupt
+
+    out = tmp_path / "patterns.h5"
+    monkeypatch.setattr(EBSD, "save", interrupted)
+    assert cli.main(["decode", str(model_path), "--out", str(out), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(EBSD, "save", save)
+    for name in ("patterns.h5", "patterns.hspy"):
+        args = ["decode", str(model_path), "--out", str(tmp_path / name), "-q"]
+        assert cli.main(args) == 0
+        assert cli.main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "patterns.h5",
+        "patterns.hspy",
+    ]
+    assert kp.load(out).axes_manager.navigation_shape == (12, 12)
+
+
 def test_decode_with_sharpened_boundaries(model_path, tmp_path):
     import kikuchipy as kp
 
