@@ -131,7 +131,11 @@ class NeuralEBSD(EBSD):
             None: HyperSpy's preference.
         resume
             Path of a checkpoint (``checkpoint=`` option) to continue from;
-            checkpointing then continues into it.
+            checkpointing then continues into it. The checkpoint's rank,
+            network, training and validation points carry over (a rank,
+            variance or option of
+            ``kikuchipy_neural.training.options.FIXED_ON_RESUME`` that
+            differs raises); limits, learning rates and patience may change.
         nonfinite
             ``"raise"`` (default) on NaN/inf patterns, or ``"mask"`` to leave
             them out of training.

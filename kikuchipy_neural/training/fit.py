@@ -57,7 +57,7 @@ def _read_checkpoint(path: str | os.PathLike) -> dict:
             f"{path} is not a kikuchipy-neural checkpoint, or is damaged "
             f"({type(error).__name__})"
         ) from None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a kikuchipy-neural checkpoint")
     return state
 
@@ -331,8 +331,6 @@ def fit(
     checkpoint_state = None
     if resume is not None:
         checkpoint_state = _read_checkpoint(resume)
-        if checkpoint_state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{resume} is not a kikuchipy-neural checkpoint")
         if ScanGeometry.from_dict(checkpoint_state["geometry"]) != geometry:
             raise ValueError(f"{resume} was written for another scan geometry")
         if checkpoint_state["formulation"] != formulation:
