@@ -145,6 +145,17 @@ def _human_bytes(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _distinct_decimals(a: float, b: float, most: int = 4) -> tuple[str, str]:
+    """``a`` and ``b`` with one decimal, or as many more (up to ``most``) as
+    it takes to tell them apart: a refit "not kept" because it raised the
+    MAE should not read "1.1 -> 1.1"."""
+    for decimals in range(1, most + 1):
+        left, right = f"{a:.{decimals}f}", f"{b:.{decimals}f}"
+        if left != right:
+            return left, right
+    return f"{a:.1f}", f"{b:.1f}"
+
+
 def _check_out_folder(path: str, flag: str = "--out") -> None:
     """Raise before hours of fitting or decoding, not when writing."""
     from pathlib import Path
@@ -467,11 +478,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     if refit:
         outcome = "kept" if refit["applied"] else f"not kept ({refit.get('reason')})"
         if refit.get("validation_mae_before") is not None:
-            outcome += (
-                f", the final model's validation MAE "
-                f"{refit['validation_mae_before']:.1f} -> "
-                f"{refit['validation_mae_after']:.1f} counts"
+            before, after = _distinct_decimals(
+                refit["validation_mae_before"], refit["validation_mae_after"]
             )
+            outcome += f", the final model's validation MAE {before} -> {after} counts"
         rows.append(
             ("bases refit", f"least squares on {refit['points']} points, {outcome}")
         )

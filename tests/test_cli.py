@@ -56,7 +56,10 @@ def test_info_prints_the_compression_ratio(small_model, model_path, capsys):
         f"bases refit  least squares on {refit['points']} points, "
         f"{'kept' if refit['applied'] else 'not kept'}"
     ) in out
-    assert f"{refit['validation_mae_after']:.1f} counts" in out
+    before, after = cli._distinct_decimals(
+        refit["validation_mae_before"], refit["validation_mae_after"]
+    )
+    assert f"validation MAE {before} -> {after} counts" in out
     assert cli.main(["info", str(model_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["raw_bytes"] == 460800
@@ -201,6 +204,13 @@ def test_a_missing_output_folder_fails_before_the_work(model_path, tmp_path, cap
     assert "no folder" in capsys.readouterr().err
     assert cli.main(["decode", str(model_path), "--out", out]) == 2
     assert "no folder" in capsys.readouterr().err
+
+
+def test_close_values_are_printed_apart():
+    assert cli._distinct_decimals(684.1, 693.8) == ("684.1", "693.8")
+    assert cli._distinct_decimals(1.1013, 1.1021) == ("1.101", "1.102")
+    assert cli._distinct_decimals(1.104, 1.121) == ("1.10", "1.12")
+    assert cli._distinct_decimals(2.0, 2.0) == ("2.0", "2.0")
 
 
 def test_parse_option():
