@@ -362,6 +362,11 @@ def test_bad_input_raises_before_training(small_map):
     model = s.fit_neural(nonfinite="mask", max_steps=10, **FAST_FIT)
     assert model.info["n_train_points"] + model.info["n_val_points"] == 143
 
+    for dtype in (np.complex64, bool):
+        odd = small_map.deepcopy()
+        odd.data = odd.data.astype(dtype)
+        with pytest.raises(TypeError, match="must be real numbers"):
+            odd.fit_neural(**FAST_FIT)
     flat = small_map.deepcopy()
     flat.data[:] = 1000
     with pytest.raises(ValueError, match="constant"):

@@ -65,6 +65,13 @@ class PatternSource:
             raise ValueError(
                 f"Expected scan data of 3 or 4 dimensions, got {data.shape}"
             )
+        if data.dtype.kind not in "uif":
+            # Complex patterns would lose their imaginary part (with only a
+            # warning from numpy), booleans and objects are not intensities.
+            raise TypeError(
+                f"Patterns must be real numbers (integer or float), got dtype "
+                f"{data.dtype}"
+            )
         self.is_lazy = isinstance(data, da.Array)
         if self.is_lazy:
             # Whole patterns per chunk: sampling reads full patterns.

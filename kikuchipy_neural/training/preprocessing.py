@@ -145,7 +145,7 @@ class Preprocessed:
 
 def _check_finite(raw: np.ndarray, policy: str) -> np.ndarray:
     """Per-pattern finiteness of ``(n, p)`` raw patterns."""
-    if raw.dtype.kind in "iub":
+    if raw.dtype.kind in "iu":
         return np.ones(len(raw), bool)
     finite = np.isfinite(raw).all(axis=1)
     if policy == "raise" and not finite.all():
