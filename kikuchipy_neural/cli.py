@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import shutil
+import signal as os_signal  # "signal" names the EBSD signals here
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kikuchipy-neural {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # A fit keeps its model on Ctrl-C (and this is not reached); a decode
-        # leaves no partial file.
+        # Ctrl-C while a fit trains returns its model (saved, not reached
+        # here); before training or during a decode it ends the command, and
+        # model files and decoded patterns are never left half written.
         print(f"kikuchipy-neural {args.command}: interrupted", file=sys.stderr)
         return 130
     except (FileNotFoundError, FileExistsError, OSError, ValueError, TypeError) as err:
@@ -154,6 +157,30 @@ def _distinct_decimals(a: float, b: float, most: int = 4) -> tuple[str, str]:
         if left != right:
             return left, right
     return f"{a:.1f}", f"{b:.1f}"
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM and SIGHUP (a batch system's time limit, ``kill``, a closed
+    terminal) stop the fit like Ctrl-C does: it keeps its best model, which
+    is then saved, and writes its checkpoint. Without this they end the
+    process and hours of training are lost."""
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(os_signal, n)]
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(os_signal.Signals(signum).name)
+
+    try:
+        previous = {
+            n: os_signal.signal(getattr(os_signal, n), interrupt) for n in names
+        }
+    except ValueError:  # not the main thread: leave the handlers alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            os_signal.signal(getattr(os_signal, n), handler)
 
 
 def _check_out_folder(path: str, flag: str = "--out") -> None:
@@ -254,6 +281,10 @@ def _fit(args: argparse.Namespace) -> int:
     Every fit option (see kikuchipy_neural.training.FitOptions) is available
     through --option KEY=VALUE; values are Python literals (numbers, tuples,
     None, True/False) or plain strings.
+
+    Ctrl-C, SIGTERM and SIGHUP (a batch job's time limit, kill, a closed
+    terminal) stop the fit early: the best model so far is saved to --out,
+    and --checkpoint, if given, lets --resume continue the fit later.
     """
     from kikuchipy_neural.io.model_file import PRECISIONS
 
@@ -272,18 +303,19 @@ def _fit(args: argparse.Namespace) -> int:
     FitOptions.from_kwargs(args.formulation, **options)
     _check_out_folder(args.out)
     signal = _read_scan(args.scan, args.lazy)
-    model = signal.fit_neural(
-        formulation=args.formulation,
-        rank=args.rank,
-        variance=args.variance,
-        max_steps=args.max_steps,
-        time_budget=args.time_budget,
-        device=args.device,
-        seed=args.seed,
-        show_progressbar=not args.quiet,
-        resume=args.resume,
-        **options,
-    )
+    with _terminate_as_interrupt():
+        model = signal.fit_neural(
+            formulation=args.formulation,
+            rank=args.rank,
+            variance=args.variance,
+            max_steps=args.max_steps,
+            time_budget=args.time_budget,
+            device=args.device,
+            seed=args.seed,
+            show_progressbar=not args.quiet,
+            resume=args.resume,
+            **options,
+        )
     path = model.save(args.out, precision=args.precision)
     if not args.quiet:
         print(f"{model}\nsaved to {path}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -177,6 +179,40 @@ def test_fit_from_a_pattern_file(small_map, tmp_path, capsys):
     assert model.options["band_fraction_range"] == [0.1, 0.4]
     assert model.info["steps"] == 15
     assert model.info["model_file"]["precision"] == "int8"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
+def test_a_terminated_fit_saves_its_model(small_map, tmp_path):
+    # A batch system's time limit sends SIGTERM: the fit stops as on Ctrl-C
+    # and the CLI still writes the model (and the checkpoint).
+    from kikuchipy_neural import load_model
+
+    scan, out, ckpt = tmp_path / "scan.h5", tmp_path / "m.h5", tmp_path / "fit.ckpt"
+    small_map.save(scan)
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "kikuchipy_neural.cli", "fit", str(scan),
+            "--out", str(out), "--rank", "3", "--checkpoint", str(ckpt), "-q",
+            "--max-steps", "1000000", "--option", "siren_width=16",
+            "--option", "eval_every=5", "--option", "patience=1000000",
+            "--option", "warm_start_patience=1000000",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ckpt.exists(), "the fit never wrote its first checkpoint"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    model = load_model(out)
+    assert model.info["stop_reason"] == "interrupted"
+    assert model.info["steps"] >= 5
 
 
 def test_fit_rejects_unknown_options_before_reading(tmp_path, capsys):
