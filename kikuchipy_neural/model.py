@@ -141,15 +141,16 @@ class NeuralEBSDModel:
         x = torch.as_tensor(np.asarray(raw, np.float32), device=self.device)
         return (x - lo) / (hi - lo)
 
-    def _denormalize(self, values: torch.Tensor) -> np.ndarray:
-        lo, hi = self.intensity_range
-        return (values * (hi - lo) + lo).cpu().numpy()
-
     @torch.no_grad()
-    def _decode(self, flat_xy: np.ndarray) -> np.ndarray:
-        """float32 ``(n, n_pixels)`` at ``(n, 2)`` positions already checked."""
+    def _decode(self, flat_xy: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 ``(n, n_pixels)`` at ``(n, 2)`` positions already checked,
+        written into ``out`` (C-contiguous float32) when given."""
+        if out is None:
+            out = np.empty((len(flat_xy), self.geometry.n_pixels), np.float32)
         net = torch.from_numpy(self.geometry.normalize(flat_xy)).to(self.device)
-        out = self._denormalize(self.field.pattern_values(net))
+        values = self.field.pattern_values_into(net, torch.from_numpy(out))
+        lo, hi = self.intensity_range
+        values.mul_(hi - lo).add_(lo)  # in place: no temporaries
         if self.point_intensity is not None:
             from kikuchipy_neural.training.point_intensity import (
                 apply_point_intensity,
@@ -194,10 +195,9 @@ class NeuralEBSDModel:
         step = self._chunk_points(values_per_point)
         for start in range(0, len(flat), step):
             chunk = flat[start : start + step]
-            patterns = self._decode(chunk)
+            patterns = self._decode(chunk, out[start : start + step])
             if sharpen_boundaries:
-                patterns = sharpen(self, chunk, patterns)
-            out[start : start + step] = patterns
+                patterns[...] = sharpen(self, chunk, patterns)
         return out.reshape(*xy.shape[:-1], *self.pattern_shape)
 
     def reconstruct(self) -> np.ndarray:

@@ -65,6 +65,31 @@ def test_query_at_grid_points_equals_reconstruction(fitted_map):
     )
 
 
+def test_decoding_writes_into_the_callers_array(small_model, monkeypatch):
+    import torch
+
+    field = small_model.field
+    xy = torch.rand(7, 2) * 2 - 1
+    expected = field.pattern_values(xy)
+    out = torch.empty(7, field.n_pixels)
+    assert field.pattern_values_into(xy, out).data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    # Another dtype (or device) than the bases': the generic copy.
+    out64 = torch.empty(7, field.n_pixels, dtype=torch.float64)
+    field.pattern_values_into(xy, out64)
+    torch.testing.assert_close(out64, expected.double(), rtol=1e-6, atol=1e-6)
+    # query decodes into its output, chunk by chunk: in counts as before.
+    monkeypatch.setattr(type(small_model), "_chunk_points", lambda self, v: 5)
+    grid = small_model.geometry.grid_xy()[:3]
+    lo, hi = small_model.intensity_range
+    with torch.no_grad():
+        net = torch.from_numpy(small_model.geometry.normalize(grid.reshape(-1, 2)))
+        counts = field.pattern_values(net).numpy() * (hi - lo) + lo
+    np.testing.assert_allclose(
+        small_model.query(grid).reshape(len(counts), -1), counts, rtol=1e-6
+    )
+
+
 def test_query_shapes_and_detector(fitted_map, rng):
     xy = rng.uniform(0, 11, size=(3, 4, 2))
     q = fitted_map.neural_query(xy)

@@ -44,6 +44,16 @@ class NeuralField(nn.Module, ABC):
         ``pixels=None`` means the whole pattern.
         """
 
+    @torch.no_grad()
+    def pattern_values_into(self, xy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``pattern_values(xy)`` (whole patterns) written into ``out``, a
+        ``(n, n_pixels)`` tensor on any device, e.g. a view of the caller's
+        numpy array; for decoding, so without gradients. Fields that can
+        write there directly override this: decoding then allocates no
+        pattern-sized temporaries."""
+        out.copy_(self.pattern_values(xy))
+        return out
+
     @abstractmethod
     def values_at(self, xy: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """One intensity per (position, pixel) pair, ``(n,)``."""
