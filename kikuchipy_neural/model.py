@@ -142,11 +142,9 @@ class NeuralEBSDModel:
         return (x - lo) / (hi - lo)
 
     @torch.no_grad()
-    def _decode(self, flat_xy: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """float32 ``(n, n_pixels)`` at ``(n, 2)`` positions already checked,
-        written into ``out`` (C-contiguous float32) when given."""
-        if out is None:
-            out = np.empty((len(flat_xy), self.geometry.n_pixels), np.float32)
+    def _decode(self, flat_xy: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Patterns at ``(n, 2)`` positions already checked, written into
+        ``out`` (C-contiguous float32 ``(n, n_pixels)``) and returned."""
         net = torch.from_numpy(self.geometry.normalize(flat_xy)).to(self.device)
         values = self.field.pattern_values_into(net, torch.from_numpy(out))
         lo, hi = self.intensity_range

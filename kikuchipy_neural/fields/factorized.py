@@ -80,9 +80,9 @@ class FactorizedField(NeuralField):
 
     @torch.no_grad()
     def pattern_values_into(self, xy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        # The product straight into the caller's array: a pattern-sized
-        # temporary costs more than the product on CPUs (fresh pages each
-        # time; query decoded 3-8x slower with them).
+        # The product straight into the caller's array: on CPUs a
+        # pattern-sized temporary costs more than the product (fresh pages
+        # each time; query decoded about 3x slower with them).
         if out.device != self.bases.device or out.dtype != self.bases.dtype:
             return super().pattern_values_into(xy, out)
         return torch.matmul(self.coefficients(xy), self.bases, out=out)
