@@ -328,6 +328,7 @@ def fit(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
 
+    show_bars = _show_progressbar(show_progressbar) and (ctx is None or ctx.is_main)
     checkpoint_state = None
     if resume is not None:
         checkpoint_state = _read_checkpoint(resume)
@@ -371,6 +372,7 @@ def fit(
                 memory_budget=opts.memory_budget,
                 nonfinite=nonfinite,
                 rng=rng,
+                show_progressbar=show_bars,
             )
 
         if ctx is None:
@@ -432,7 +434,6 @@ def fit(
     total = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
     from tqdm.auto import tqdm
 
-    show_bars = _show_progressbar(show_progressbar) and (ctx is None or ctx.is_main)
     bar = tqdm(
         # Early stopping usually ends a fit long before the paper's 200 000
         # steps: a bar over them would show a meaningless ETA.

@@ -182,9 +182,11 @@ def _sample_tiles(
     use: np.ndarray,
     max_points: int,
     rng: np.random.Generator,
+    progressbar=None,
 ) -> list[tuple[Tile, np.ndarray, np.ndarray]]:
     """Random whole tiles (so neighbours stay together) until ``max_points``
-    usable points are collected; the last tile is cropped to its rows."""
+    usable points are collected; the last tile is cropped to its rows.
+    ``progressbar`` (tqdm, optional) advances by the points read."""
     picked, total = [], 0
     for i in rng.permutation(len(source.tiles)):
         tile = source.tiles[i]
@@ -201,6 +203,8 @@ def _sample_tiles(
             tile_use = tile_use[:n_rows]
         picked.append((tile, source.read_tile(tile), tile_use))
         total += int(tile_use.sum())
+        if progressbar is not None:
+            progressbar.update(int(tile_use.sum()))
         if total >= max_points:
             break
     return picked
@@ -231,12 +235,18 @@ def preprocess(
     memory_budget: int,
     nonfinite: str,
     rng: np.random.Generator,
+    show_progressbar: bool = False,
 ) -> Preprocessed:
     """Run every pre-training step; see the module docstring.
 
     ``train_mask`` is a flat boolean array over scan points (True: may be
-    used). Raises ``ValueError`` for unusable data or rank requests.
+    used). Raises ``ValueError`` for unusable data or rank requests. With
+    ``show_progressbar``, its two reads of the data (the sample, then the
+    pass over every tile: minutes for a large map on disk) show progress
+    bars, removed when done.
     """
+    from tqdm.auto import tqdm
+
     usable = train_mask.copy()
     n_pixels = source.n_pixels
     if not usable.any():
@@ -248,7 +258,14 @@ def preprocess(
     max_points = int(
         min(pca_samples, max(2, memory_budget // (value_bytes * n_pixels)))
     )
-    tiles = _sample_tiles(source, usable, max_points, rng)
+    with tqdm(
+        total=min(max_points, int(usable.sum())),
+        desc="fit_neural: PCA sample",
+        unit="pattern",
+        disable=not show_progressbar,
+        leave=False,
+    ) as bar:
+        tiles = _sample_tiles(source, usable, max_points, rng, bar)
     for k, (tile, raw, tile_use) in enumerate(tiles):
         flat = raw.reshape(-1, n_pixels)
         # Only points that may be trained on are checked: masked-out points
@@ -341,7 +358,14 @@ def preprocess(
     score_rows, val_rows, val_found = [], [], []
     comps_t = None if components is None else torch.from_numpy(components).T
     mean_t = None if mean is None else torch.from_numpy(mean)
-    for tile, raw in source.iter_tiles():
+    for tile, raw in tqdm(
+        source.iter_tiles(),
+        total=len(source.tiles),
+        desc="fit_neural: reading the scan",
+        unit="tile",
+        disable=not show_progressbar,
+        leave=False,
+    ):
         flat_idx = tile.flat_indices(source.nx)
         flat = raw.reshape(-1, n_pixels)
         wanted = usable[flat_idx]
