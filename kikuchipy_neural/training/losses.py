@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 __all__ = ["band_mask", "pack_mask", "unpack_mask", "weighted_mse"]
 
-_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)  # exact binary fractions
 
 
 def band_mask(
@@ -23,7 +22,13 @@ def band_mask(
     """Band pixels of each pattern: the ``top_fraction`` of Sobel magnitude.
 
     Patterns are smoothed with a 5x5 binomial kernel first, so that Poisson
-    noise does not decide which pixels count as band edges.
+    noise does not decide which pixels count as band edges; edges are
+    replicated. Both filters are applied as 1D passes of shifted sums (a
+    single-channel ``conv2d`` was 5x slower on CPUs). For integer patterns
+    below 2^14 counts every sum is exact in float32, so the masks equal the
+    2D convolutions' bit for bit; above, the two round differently (on the
+    real 16-bit crop 8 of 36.9 M mask pixels differed, ties at the
+    threshold).
 
     Parameters
     ----------
@@ -42,15 +47,19 @@ def band_mask(
     n = patterns.shape[0]
     if n == 0:
         return torch.zeros_like(patterns, dtype=torch.bool)
-    im = patterns.reshape(n, 1, *pattern_shape).float()
-    kernel = (_BINOMIAL[:, None] * _BINOMIAL[None, :]).to(im)[None, None]
-    im = F.conv2d(F.pad(im, (2, 2, 2, 2), mode="replicate"), kernel)
-    sobel = _SOBEL.to(im)[None, None]
-    padded = F.pad(im, (1, 1, 1, 1), mode="replicate")
-    magnitude = (
-        F.conv2d(padded, sobel) ** 2 + F.conv2d(padded, sobel.transpose(2, 3)) ** 2
-    )
-    magnitude = magnitude.reshape(n, -1)
+    rows, cols = pattern_shape
+    im = F.pad(patterns.reshape(n, 1, rows, cols).float(), (2, 2, 2, 2), "replicate")
+    im = im[:, 0]
+    # Binomial [1 4 6 4 1] / 16 along the columns, then along the rows.
+    im = sum(w * im[:, :, i : i + cols] for i, w in enumerate(_BINOMIAL))
+    im = sum(w * im[:, i : i + rows] for i, w in enumerate(_BINOMIAL))
+    im = F.pad(im[:, None], (1, 1, 1, 1), "replicate")[:, 0]
+    # Sobel: a central difference along one axis, [1 2 1] along the other.
+    across = im[:, :, 2:] - im[:, :, :-2]
+    gx = across[:, :-2] + 2 * across[:, 1:-1] + across[:, 2:]
+    along = im[:, :, :-2] + 2 * im[:, :, 1:-1] + im[:, :, 2:]
+    gy = along[:, 2:] - along[:, :-2]
+    magnitude = (gx**2 + gy**2).reshape(n, -1)
     k = max(1, int(round(top_fraction * magnitude.shape[1])))
     threshold = magnitude.topk(k, dim=1).values[:, -1:]
     return magnitude >= threshold

@@ -1,0 +1,62 @@
+"""Band masks of the paper's weighted loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kikuchipy_neural.training.losses import band_mask
+
+
+def _band_mask_2d(patterns: torch.Tensor, shape, top_fraction=0.15) -> torch.Tensor:
+    """The same filters as 2D convolutions (the former implementation)."""
+    n = patterns.shape[0]
+    binomial = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    im = patterns.reshape(n, 1, *shape).float()
+    im = F.conv2d(
+        F.pad(im, (2, 2, 2, 2), mode="replicate"),
+        torch.outer(binomial, binomial)[None, None],
+    )
+    padded = F.pad(im, (1, 1, 1, 1), mode="replicate")
+    magnitude = (
+        F.conv2d(padded, sobel[None, None]) ** 2
+        + F.conv2d(padded, sobel.T[None, None]) ** 2
+    )
+    magnitude = magnitude.reshape(n, -1)
+    k = max(1, int(round(top_fraction * magnitude.shape[1])))
+    return magnitude >= magnitude.topk(k, dim=1).values[:, -1:]  # fmt: skip
+
+
+def test_band_mask_equals_the_2d_convolutions(small_map):
+    import kikuchipy as kp
+
+    real = kp.data.nickel_ebsd_small().data  # real Ni patterns, uint8 60 x 60
+    simulated = small_map.data  # uint16 40 x 40, up to 52 548 counts
+    for data, exact in [(real, True), (simulated // 4, True), (simulated, False)]:
+        shape = data.shape[-2:]
+        patterns = torch.from_numpy(data.reshape(-1, shape[0] * shape[1]))
+        mask = band_mask(patterns, shape, 0.15)
+        reference = _band_mask_2d(patterns, shape, 0.15)
+        if exact:
+            # Below 2^14 counts every sum is exact in float32: bit for bit.
+            assert data.max() < 2**14
+            assert torch.equal(mask, reference)
+        else:
+            # Above, only ties at the threshold may round either way.
+            assert (mask != reference).float().mean() < 1e-4
+        assert mask.sum(dim=1).min() >= round(0.15 * shape[0] * shape[1])
+
+
+def test_band_mask_marks_the_edges_of_a_band():
+    # One bright vertical band, columns 20-29 of a 40 x 40 pattern: the
+    # strongest gradients lie on its two edges (between columns 19|20 and
+    # 29|30), smeared by the 5 x 5 blur over at most 3 columns each side.
+    pattern = np.full((40, 40), 100.0, np.float32)
+    pattern[:, 20:30] = 1000.0
+    mask = band_mask(torch.from_numpy(pattern.reshape(1, -1)), (40, 40), 0.15)
+    columns = np.flatnonzero(mask.reshape(40, 40).any(dim=0).numpy())
+    assert set(columns) <= set(range(17, 23)) | set(range(27, 33))
+    assert {19, 20, 29, 30} <= set(columns)
+    assert band_mask(torch.zeros(0, 1600), (40, 40)).shape == (0, 1600)
