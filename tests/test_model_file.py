@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_FIT
 
 import kikuchipy_neural as kn
 from kikuchipy_neural.io import model_file
@@ -598,6 +599,11 @@ def test_files_that_are_not_models(tmp_path, small_map):
     small_map.save(tmp_path / "scan.h5")
     with pytest.raises(ModelFileError, match="not a kikuchipy-neural model file"):
         load_model(tmp_path / "scan.h5")
+    # A checkpoint given where a model file is expected says so.
+    ckpt = str(tmp_path / "fit.ckpt")
+    small_map.deepcopy().fit_neural(max_steps=3, checkpoint=ckpt, **FAST_FIT)
+    with pytest.raises(OSError, match="training checkpoint, not a model file"):
+        load_model(tmp_path / "fit.ckpt")
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8"])
