@@ -298,7 +298,7 @@ def test_a_step_limit_between_evaluations_still_writes_the_checkpoint(
     assert again.rank == rank and again.info["steps"] == 13
 
 
-def test_unreadable_checkpoints_raise_clear_errors(small_map, tmp_path):
+def test_unreadable_checkpoints_raise_clear_errors(small_map, small_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint at"):
         small_map.fit_neural(resume=tmp_path / "missing.ckpt", **FAST_FIT)
     garbage = tmp_path / "garbage.ckpt"
@@ -306,6 +306,8 @@ def test_unreadable_checkpoints_raise_clear_errors(small_map, tmp_path):
     with pytest.raises(ValueError, match="not a kikuchipy-neural checkpoint") as info:
         small_map.fit_neural(resume=garbage, **FAST_FIT)
     assert "weights_only" not in str(info.value)
+    with pytest.raises(ValueError, match="HDF5 file .* not a checkpoint"):
+        small_map.fit_neural(resume=small_model.save(tmp_path / "m.h5"), **FAST_FIT)
     # A pickle that would run code when unpickled is refused, not run.
     import pickle
 
