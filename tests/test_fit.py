@@ -286,6 +286,7 @@ def test_a_step_limit_between_evaluations_still_writes_the_checkpoint(
     for changed, match in [
         ({"siren_width": 32}, "siren_width=32"),
         ({"validation_fraction": 0.2}, "validation_fraction=0.2"),
+        ({"sampler": "coordinates"}, "sampler='coordinates'"),
         ({"rank": 5}, "keeps the checkpoint's rank"),
         ({"variance": 0.9}, "keeps the checkpoint's rank"),
     ]:

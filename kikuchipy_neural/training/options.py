@@ -90,6 +90,7 @@ FIXED_ON_RESUME = (
     "max_validation_points",
     "pca_samples",
     "warm_start",
+    "sampler",
 )
 
 
