@@ -136,7 +136,7 @@ class NeuralEBSDModel:
 
     def _normalize(self, raw) -> torch.Tensor:
         """Measured intensities ``(...)`` -> float32 field units on the model's
-        device (the inverse of :meth:`_denormalize`)."""
+        device (the inverse of the scaling at the end of :meth:`_decode`)."""
         lo, hi = self.intensity_range
         x = torch.as_tensor(np.asarray(raw, np.float32), device=self.device)
         return (x - lo) / (hi - lo)

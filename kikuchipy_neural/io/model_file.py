@@ -73,6 +73,7 @@ import json
 import math
 import os
 import warnings
+import zipfile
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -662,13 +663,12 @@ def _read_verified(path: str | os.PathLike) -> _Content:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        with open(path, "rb") as head:
-            if head.read(4) == b"PK\x03\x04":  # torch.save's zip container
-                raise OSError(
-                    f"{path} looks like a training checkpoint, not a model file: "
-                    "continue the fit with fit_neural(resume=...) or "
-                    "`kikuchipy-neural fit SCAN --resume CHECKPOINT`"
-                ) from None
+        if zipfile.is_zipfile(path):  # torch.save's container
+            raise OSError(
+                f"{path} looks like a training checkpoint, not a model file: "
+                "continue the fit with fit_neural(resume=...) or "
+                "`kikuchipy-neural fit SCAN --resume CHECKPOINT`"
+            ) from None
         raise OSError(
             f"{path} is not a readable HDF5 file (corrupted or not HDF5): {err}"
         ) from None

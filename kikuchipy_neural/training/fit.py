@@ -14,6 +14,7 @@ import time
 import warnings
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
@@ -51,13 +52,12 @@ def _read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(os.fspath(path), weights_only=True, map_location="cpu")
     except Exception as error:
-        with open(path, "rb") as head:
-            if head.read(8) == b"\x89HDF\r\n\x1a\n":
-                raise ValueError(
-                    f"{path} is an HDF5 file (a model or pattern file?), not a "
-                    "checkpoint: a fit resumes from the file its checkpoint= "
-                    "option wrote"
-                ) from None
+        if h5py.is_hdf5(path):
+            raise ValueError(
+                f"{path} is an HDF5 file (a model or pattern file?), not a "
+                "checkpoint: a fit resumes from the file its checkpoint= "
+                "option wrote"
+            ) from None
         # torch's message suggests weights_only=False, which would run any
         # code a crafted file holds: not advice to pass on.
         raise ValueError(
