@@ -248,6 +248,97 @@ def test_pca_scores_share_the_memory_budget(small_map, monkeypatch):
     assert budget - budgets[0] == 2 * 5 * 4 * n_train
 
 
+def test_a_lazy_map_within_the_budget_is_read_twice_in_all(small_map, monkeypatch):
+    """The PCA sample and one pass over the map: the training buffer, the
+    bases' refit and the per-point intensities take the patterns that pass
+    kept (each read the map once more before), with the results of reading."""
+    import copy
+
+    from kikuchipy_neural.training.point_intensity import fit_point_intensity
+    from kikuchipy_neural.training.refit_bases import refit_bases
+
+    read = []
+    original = PatternSource.read_tile
+
+    def counted(self, tile):
+        read.append(tile.n_points)
+        return original(self, tile)
+
+    monkeypatch.setattr(PatternSource, "read_tile", counted)
+    s = small_map.deepcopy().as_lazy()
+    s.data = s.data.rechunk((4, 4, -1, -1))
+    model = s.fit_neural(
+        max_steps=20, refit_bases="all", point_intensity=True, **FAST_FIT
+    )
+    n = model.geometry.n_points
+    # All 144 points are in the PCA sample (pca_samples is far larger).
+    assert sum(read) == 2 * n
+    assert model.info["refit_bases"]["applied"]
+    assert model.info["refit_bases"]["points"] == n
+
+    monkeypatch.setattr(PatternSource, "read_tile", original)
+    source = PatternSource(small_map.data)
+    again = copy.deepcopy(model)
+    again.point_intensity = None
+    refit_bases(again, source, np.arange(n))  # given the network: the same
+    np.testing.assert_allclose(
+        again.field.bases.detach().numpy(),
+        model.field.bases.detach().numpy(),
+        rtol=0,
+        atol=1e-5 * float(model.field.bases.detach().abs().max()),
+    )
+    table = fit_point_intensity(again, source, np.ones(n, bool))
+    np.testing.assert_allclose(table, model.point_intensity, rtol=1e-4, atol=1e-3)
+
+
+def test_kept_training_patterns_are_those_of_the_training_points(small_map):
+    import dask.array as da
+
+    from kikuchipy_neural.training.preprocessing import _drop_rows, preprocess
+
+    data = small_map.data.astype(np.float32)
+    flat_data = data.reshape(144, -1)
+    bad = [3, 30, 64, 100, 131, 143]  # in different chunks
+    flat_data[bad[:3]] = np.nan
+    flat_data[bad[3:], 7] = np.inf
+    source = PatternSource(da.from_array(data, chunks=(5, 5, -1, -1)))
+    options = dict(
+        rank=4,
+        variance=None,
+        need_pca=True,
+        validation_fraction=0.1,
+        max_validation_points=100,
+        pca_samples=10,  # most bad points are found by the pass, not the sample
+        memory_budget=10**7,
+        nonfinite="mask",
+        rng=np.random.default_rng(0),
+        keep_train_patterns=True,
+    )
+    prep = preprocess(source, np.ones(144, bool), **options)
+    assert len(prep.train_points) + len(prep.val_points) == 144 - len(bad)
+    np.testing.assert_array_equal(prep.train_patterns, flat_data[prep.train_points])
+    # numpy data is not copied, and lazy data beyond the budget is not kept
+    # (patterns of 1600 float32 values and their masks: 0.8 MB for 130).
+    assert (
+        preprocess(
+            PatternSource(data),
+            np.ones(144, bool),
+            **{**options, "rng": np.random.default_rng(0)},
+        ).train_patterns
+        is None
+    )
+    tight = {**options, "memory_budget": 5 * 10**5, "rng": np.random.default_rng(0)}
+    assert preprocess(source, np.ones(144, bool), **tight).train_patterns is None
+
+    # Holes closed in place: the rows kept, in order, in the same memory.
+    rows = np.arange(50 * 3).reshape(50, 3)
+    keep = np.random.default_rng(1).random(50) < 0.7
+    expected = rows[keep].copy()
+    closed = _drop_rows(rows, keep)
+    np.testing.assert_array_equal(closed, expected)
+    assert np.shares_memory(closed, rows)
+
+
 # ----------------------------------------------------------- resume & stop
 
 

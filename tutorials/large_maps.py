@@ -80,7 +80,10 @@ print(lazy, lazy.data.chunksize)
 # a quarter of the map, so the fit must stream: the shuffle buffer holds a
 # few chunks, samples batches from them, and swaps in the next chunk (read in
 # the background) once the current ones have been visited enough. PCA
-# initialisation reads a bounded sample the same way.
+# initialisation reads a bounded sample the same way. (A map whose training
+# patterns fit the budget is read twice in all: the PCA sample, then one
+# pass whose patterns stay in memory for training, the bases' refit and
+# per-point intensities.)
 
 # %%
 budget = lazy.data.nbytes // 4

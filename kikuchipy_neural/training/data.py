@@ -1,20 +1,23 @@
 """Pattern access for training: tiles, an in-memory buffer, a shuffle buffer.
 
 A :class:`PatternSource` reads a scan (numpy or dask) in tiles of scan points
-without loading it whole. A buffer holds the patterns of training points in
-memory for sampling: :class:`InMemoryBuffer` when everything fits (or the data
-already is a numpy array), :class:`ShuffleBuffer` otherwise. The shuffle
-buffer streams dask chunks through a bounded number of slots, loading the next
-chunk in a background thread while the current ones are being sampled, and
-retires a chunk once its training points have been drawn as often as they
-would be by uniform sampling.
+without loading it whole; :func:`iter_patterns` gives the patterns of chosen
+points, from memory where they are held already (:class:`HeldPatterns`), so
+that a lazy map is read as few times as possible. A buffer holds the
+patterns of training points in memory for sampling: :class:`InMemoryBuffer`
+when everything fits (or the data already is a numpy array),
+:class:`ShuffleBuffer` otherwise. The shuffle buffer streams dask chunks
+through a bounded number of slots, loading the next chunk in a background
+thread while the current ones are being sampled, and retires a chunk once its
+training points have been drawn as often as they would be by uniform
+sampling.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,7 +27,16 @@ import torch
 
 from kikuchipy_neural.training.losses import band_mask, pack_mask, unpack_mask
 
-__all__ = ["InMemoryBuffer", "PatternSource", "ShuffleBuffer", "Tile", "make_buffer"]
+__all__ = [
+    "HeldPatterns",
+    "InMemoryBuffer",
+    "PatternSource",
+    "ShuffleBuffer",
+    "Tile",
+    "buffer_fits",
+    "iter_patterns",
+    "make_buffer",
+]
 
 # Size of the float32 work arrays that tiles of in-memory data are cut to.
 _TILE_BYTES = 64 * 1024**2
@@ -119,6 +131,42 @@ class PatternSource:
         if self.is_lazy:
             raise TypeError("flat_view needs in-memory data")
         return self.data.reshape(self.ny * self.nx, self.n_pixels)
+
+
+@dataclass(frozen=True)
+class HeldPatterns:
+    """Raw patterns already in memory: ``patterns[i]`` is scan point
+    ``points[i]`` (flat, row-major), ``patterns`` is ``(n, n_pixels)``."""
+
+    points: np.ndarray
+    patterns: np.ndarray
+
+
+def iter_patterns(
+    source: PatternSource,
+    selected: np.ndarray,
+    held: Sequence[HeldPatterns] = (),
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Flat indices and raw patterns ``(n, n_pixels)`` of the selected points,
+    in pieces of at most a tile's size.
+
+    ``selected`` is a flat boolean mask over the scan. Points in ``held`` come
+    from memory (each once); only tiles holding the other selected points are
+    read.
+    """
+    todo = np.array(selected, bool)
+    piece = max(1, _TILE_BYTES // (4 * source.n_pixels))
+    for h in held:
+        rows = np.flatnonzero(todo[h.points])
+        todo[h.points[rows]] = False
+        for start in range(0, len(rows), piece):
+            r = rows[start : start + piece]
+            yield h.points[r], np.asarray(h.patterns[r])
+    tiles = [t for t in source.tiles if todo[t.flat_indices(source.nx)].any()]
+    for tile, raw in source.iter_tiles(tiles):
+        index = tile.flat_indices(source.nx)
+        use = todo[index]
+        yield index[use], raw.reshape(len(index), -1)[use]
 
 
 # Patterns per piece when computing band masks: the float32 work arrays of a
@@ -221,7 +269,12 @@ class _Sampling:
 
 
 class InMemoryBuffer(_Sampling):
-    """All training points at once (numpy data, or lazy data within budget)."""
+    """All training points at once (numpy data, or lazy data within budget).
+
+    ``patterns``: the raw patterns of ``train_points``, row for row, when the
+    caller has read them already (preprocessing does, for a lazy map within
+    the budget); else lazy data is read here and numpy data is not copied.
+    """
 
     def __init__(
         self,
@@ -229,10 +282,18 @@ class InMemoryBuffer(_Sampling):
         train_points: np.ndarray,
         top_fraction: float,
         device: torch.device | None = None,
+        patterns: np.ndarray | None = None,
     ) -> None:
         self.n_pixels = source.n_pixels
         self.points = np.asarray(train_points)
-        if source.is_lazy:
+        if patterns is not None:
+            if patterns.shape != (len(self.points), source.n_pixels):
+                raise ValueError(
+                    f"patterns of shape {patterns.shape} do not hold "
+                    f"{len(self.points)} patterns of {source.n_pixels} pixels"
+                )
+            self.patterns = patterns
+        elif source.is_lazy:
             # Filled tile by tile into arrays allocated once: no second copy.
             train = np.zeros(source.ny * source.nx, bool)
             train[self.points] = True
@@ -456,6 +517,13 @@ class ShuffleBuffer(_Sampling):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def buffer_fits(source: PatternSource, n_points: int, memory_budget: int) -> bool:
+    """Whether ``n_points`` training patterns and their band masks fit
+    ``memory_budget`` bytes (then a lazy map's buffer holds them all)."""
+    row_bytes = source.n_pixels * source.itemsize + -(-source.n_pixels // 8)
+    return n_points * row_bytes <= memory_budget
+
+
 def make_buffer(
     source: PatternSource,
     train_points: np.ndarray,
@@ -463,15 +531,20 @@ def make_buffer(
     memory_budget: int,
     rng: np.random.Generator,
     device: torch.device | None = None,
+    patterns: np.ndarray | None = None,
 ) -> _Sampling:
     """An in-memory buffer if the training patterns fit the budget (or are
-    already in memory), else a :class:`ShuffleBuffer`. Band masks are
-    computed on ``device`` when given."""
-    row_bytes = source.n_pixels * source.itemsize + -(-source.n_pixels // 8)
-    fits = len(train_points) * row_bytes <= memory_budget
+    already in memory: numpy data, or ``patterns`` read by the caller, row
+    for row with ``train_points``), else a :class:`ShuffleBuffer`. Band masks
+    are computed on ``device`` when given."""
     train = np.zeros(source.ny * source.nx, bool)
     train[train_points] = True
     n_used = sum(train[t.flat_indices(source.nx)].any() for t in source.tiles)
-    if not source.is_lazy or fits or n_used < 2:
-        return InMemoryBuffer(source, train_points, top_fraction, device)
+    if (
+        patterns is not None
+        or not source.is_lazy
+        or buffer_fits(source, len(train_points), memory_budget)
+        or n_used < 2
+    ):
+        return InMemoryBuffer(source, train_points, top_fraction, device, patterns)
     return ShuffleBuffer(source, train_points, top_fraction, memory_budget, rng, device)

@@ -24,7 +24,7 @@ from kikuchipy_neural.fields.joint import curriculum_scale
 from kikuchipy_neural.geometry import ScanGeometry
 from kikuchipy_neural.model import NeuralEBSDModel
 from kikuchipy_neural.training.accelerate import matmul_precision
-from kikuchipy_neural.training.data import PatternSource, make_buffer
+from kikuchipy_neural.training.data import HeldPatterns, PatternSource, make_buffer
 from kikuchipy_neural.training.distributed import setup as setup_distributed
 from kikuchipy_neural.training.loop import CHECKPOINT_FORMAT, StageSpec, Trainer
 from kikuchipy_neural.training.options import FitOptions
@@ -380,6 +380,9 @@ def fit(
                 nonfinite=nonfinite,
                 rng=rng,
                 show_progressbar=show_bars,
+                # The training buffer takes the patterns this pass reads
+                # (a data-parallel rank buffers its own shard instead).
+                keep_train_patterns=ctx is None,
             )
 
         if ctx is None:
@@ -412,7 +415,13 @@ def fit(
         max(0, opts.memory_budget - scores_bytes),
         rng,
         device=device if device.type == "cuda" else None,
+        patterns=prep.train_patterns,
     )
+    # Patterns in memory already, which the passes after training (the bases'
+    # refit, per-point intensities) take instead of reading the map again.
+    held = [HeldPatterns(prep.val_points, prep.val_patterns)]
+    if prep.train_patterns is not None:
+        held.insert(0, HeldPatterns(prep.train_points, prep.train_patterns))
     xy_all = torch.from_numpy(
         geometry.normalize(geometry.index_to_xy(np.arange(geometry.n_points)))
     )
@@ -498,6 +507,7 @@ def fit(
                 *held_out,
                 show_progressbar=show_bars,
                 reduce=None if ctx is None else ctx.sum_over_ranks,
+                held=held,
             )
             if ctx is not None:
                 # Bit-identical models on every rank, whatever the devices.
@@ -510,7 +520,7 @@ def fit(
         readable = np.zeros(geometry.n_points, bool)
         readable[prep.train_points] = True
         readable[prep.val_points] = True
-        model.point_intensity = fit_point_intensity(model, source, readable)
+        model.point_intensity = fit_point_intensity(model, source, readable, held=held)
     return model
 
 

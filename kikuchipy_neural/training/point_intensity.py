@@ -16,15 +16,20 @@ change does not move a band.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
 from kikuchipy_neural.geometry import ScanGeometry
+from kikuchipy_neural.training.data import HeldPatterns, iter_patterns
 
 __all__ = ["apply_point_intensity", "fit_point_intensity"]
 
 
-def fit_point_intensity(model, source, readable: np.ndarray) -> np.ndarray:
+def fit_point_intensity(
+    model, source, readable: np.ndarray, held: Sequence[HeldPatterns] = ()
+) -> np.ndarray:
     """Least-squares gain and offset of every scan point.
 
     Parameters
@@ -36,6 +41,9 @@ def fit_point_intensity(model, source, readable: np.ndarray) -> np.ndarray:
         :class:`~kikuchipy_neural.training.data.PatternSource` of the scan.
     readable
         Flat boolean mask of the points whose patterns may be read.
+    held
+        Patterns of some of those points already in memory, taken instead of
+        reading them from ``source``.
 
     Returns
     -------
@@ -47,13 +55,9 @@ def fit_point_intensity(model, source, readable: np.ndarray) -> np.ndarray:
     g = model.geometry
     table = np.full((g.n_points, 2), np.nan, np.float32)
     xy_all = g.index_to_xy(np.arange(g.n_points))
-    for tile, raw in source.iter_tiles():
-        idx = tile.flat_indices(source.nx)
-        use = readable[idx]
-        if not use.any():
-            continue
-        measured = raw.reshape(len(idx), -1)[use].astype(np.float64)
-        field = model.query(xy_all[idx[use]], extrapolate=True)
+    for idx, raw in iter_patterns(source, readable, held):
+        measured = raw.astype(np.float64)
+        field = model.query(xy_all[idx], extrapolate=True)
         field = field.reshape(len(measured), -1).astype(np.float64)
         f_mean = field.mean(axis=1, keepdims=True)
         m_mean = measured.mean(axis=1, keepdims=True)
@@ -63,8 +67,8 @@ def fit_point_intensity(model, source, readable: np.ndarray) -> np.ndarray:
         gain = np.where(
             var > 0, (fc * (measured - m_mean)).sum(axis=1) / np.maximum(var, 1e-300), 1
         )
-        table[idx[use], 0] = gain
-        table[idx[use], 1] = m_mean[:, 0] - gain * f_mean[:, 0]
+        table[idx, 0] = gain
+        table[idx, 1] = m_mean[:, 0] - gain * f_mean[:, 0]
     known = np.isfinite(table[:, 0])
     if not known.any():
         raise ValueError("No readable scan point to fit per-point intensities on")

@@ -7,7 +7,9 @@
 - the noise variance, from pairs of neighbouring scan points;
 - the rank: given, from a target explained variance, or automatic;
 - the PCA scores of every training point (the warm start's targets) and the
-  validation patterns, in one pass over the data.
+  validation patterns, in one pass over the data; that pass also keeps the
+  training patterns of a lazy map that fits the memory budget, so that the
+  training buffer and the passes after training need not read it again.
 
 Automatic rank: a component is kept when its eigenvalue exceeds the upper
 edge of the Marchenko-Pastur law that pure noise of the measured variance
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kikuchipy_neural.training.data import PatternSource, Tile
+from kikuchipy_neural.training.data import PatternSource, Tile, buffer_fits
 
 __all__ = ["Preprocessed", "Spectrum", "preprocess"]
 
@@ -136,6 +138,9 @@ class Preprocessed:
     components: np.ndarray | None  # (rank - 1, n_pixels)
     spectrum: Spectrum | None
     scores: np.ndarray | None  # (n_train, rank - 1), aligned with train_points
+    # Raw (n_train, n_pixels), aligned with train_points: a lazy map's training
+    # patterns when they fit the memory budget (see ``preprocess``), else None.
+    train_patterns: np.ndarray | None = None
 
     def normalize(self, raw) -> torch.Tensor:
         """Raw intensities (any dtype) -> float32 tensor in [0, 1] units."""
@@ -236,6 +241,7 @@ def preprocess(
     nonfinite: str,
     rng: np.random.Generator,
     show_progressbar: bool = False,
+    keep_train_patterns: bool = False,
 ) -> Preprocessed:
     """Run every pre-training step; see the module docstring.
 
@@ -243,7 +249,11 @@ def preprocess(
     used). Raises ``ValueError`` for unusable data or rank requests. With
     ``show_progressbar``, its two reads of the data (the sample, then the
     pass over every tile: minutes for a large map on disk) show progress
-    bars, removed when done.
+    bars, removed when done. With ``keep_train_patterns``, the pass keeps
+    the training patterns of a lazy map (``train_patterns``) when they, their
+    band masks and the PCA scores (with their whitened copy) fit
+    ``memory_budget``, for the fit's training buffer to take instead of
+    reading the map again.
     """
     from tqdm.auto import tqdm
 
@@ -354,7 +364,14 @@ def preprocess(
     is_val = np.zeros_like(usable)
     is_val[val_points] = True
 
-    # --- one pass: finiteness everywhere, scores of training points, validation patterns
+    # --- one pass: finiteness everywhere, scores of training points, validation
+    # patterns and, if kept, training patterns
+    kept_points = kept = None
+    if keep_train_patterns and source.is_lazy:
+        kept_points = np.flatnonzero(usable & ~is_val)
+        scores_bytes = 2 * len(kept_points) * n_components * 4
+        if buffer_fits(source, len(kept_points), memory_budget - scores_bytes):
+            kept = np.empty((len(kept_points), n_pixels), source.data.dtype)
     score_rows, val_rows, val_found = [], [], []
     comps_t = None if components is None else torch.from_numpy(components).T
     mean_t = None if mean is None else torch.from_numpy(mean)
@@ -376,6 +393,8 @@ def preprocess(
         usable[bad] = False
         is_val[bad] = False
         train_here = usable[flat_idx] & ~is_val[flat_idx]
+        if kept is not None and train_here.any():
+            kept[np.searchsorted(kept_points, flat_idx[train_here])] = flat[train_here]
         if comps_t is not None and train_here.any():
             x = torch.from_numpy(normalize(flat[train_here])).sub_(mean_t)
             score_rows.append((flat_idx[train_here], (x @ comps_t).numpy()))
@@ -386,6 +405,9 @@ def preprocess(
     train_points = np.flatnonzero(usable & ~is_val)
     if len(train_points) == 0:
         raise ValueError("No usable training points remain after the validation split")
+    if kept is not None and len(train_points) < len(kept_points):
+        # Non-finite patterns left holes: close them in place.
+        kept = _drop_rows(kept, np.isin(kept_points, train_points))
 
     scores = None
     if comps_t is not None:
@@ -412,4 +434,18 @@ def preprocess(
         components=components,
         spectrum=spectrum,
         scores=scores,
+        train_patterns=kept,
     )
+
+
+def _drop_rows(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``a[keep]`` without a copy of ``a``: the kept rows move, in order and in
+    pieces, to the top of ``a`` (a row never moves to a higher index, so no
+    piece overwrites rows still to be moved); returns a view of the first
+    ``keep.sum()`` rows."""
+    rows = np.flatnonzero(keep)
+    piece = max(1, len(rows) // 64)
+    for start in range(0, len(rows), piece):
+        r = rows[start : start + piece]
+        a[start : start + len(r)] = a[r]
+    return a[: len(rows)]

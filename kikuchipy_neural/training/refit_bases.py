@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from kikuchipy_neural.training.data import HeldPatterns, iter_patterns
 
 __all__ = ["refit_bases"]
 
@@ -56,6 +58,7 @@ def refit_bases(
     validation_patterns: np.ndarray | None = None,
     show_progressbar: bool = False,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    held: Sequence[HeldPatterns] = (),
 ) -> dict[str, Any]:
     """Replace the bases of ``model`` by their least-squares fit, in place.
 
@@ -74,12 +77,15 @@ def refit_bases(
         Held-out flat indices and their raw patterns ``(n, n_pixels)``: the
         refit is kept only if it lowers their MAE. None: kept if finite.
     show_progressbar
-        Show a progress bar over the tiles read.
+        Show a progress bar over the patterns.
     reduce
         In a data-parallel fit, each process passes its own shard as
         ``points`` and a function that sums a tensor over the processes
         (:meth:`~kikuchipy_neural.training.distributed.DistributedContext.sum_over_ranks`):
         every process then solves the same system. None: one process.
+    held
+        Patterns of some of ``points`` already in memory (e.g. the fit's
+        buffer), taken instead of reading them from ``source``.
 
     Returns
     -------
@@ -120,7 +126,7 @@ def refit_bases(
         "validation_mae_after": None,
     }
     try:
-        gram, moments = _normal_equations(model, source, points, show_progressbar)
+        gram, moments = _normal_equations(model, source, points, held, show_progressbar)
     except KeyboardInterrupt:
         # The bases change only at the end: the trained ones are intact.
         warnings.warn(
@@ -164,10 +170,15 @@ def refit_bases(
 
 
 def _normal_equations(
-    model, source, points: np.ndarray, show_progressbar: bool
+    model,
+    source,
+    points: np.ndarray,
+    held: Sequence[HeldPatterns],
+    show_progressbar: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``A^T A`` ``(R, R)`` and ``A^T X`` ``(R, n_pixels)`` over ``points``
-    (float64, on the model's device): one pass over the tiles holding them."""
+    (float64, on the model's device): one pass over their patterns, from
+    ``held`` or else from the tiles holding them."""
     from tqdm.auto import tqdm
 
     selected = np.zeros(model.geometry.n_points, bool)
@@ -176,22 +187,19 @@ def _normal_equations(
     moments = torch.zeros(
         model.rank, model.geometry.n_pixels, dtype=torch.float64, device=model.device
     )
-    tiles = [t for t in source.tiles if selected[t.flat_indices(source.nx)].any()]
-    for tile, raw in tqdm(
-        source.iter_tiles(tiles),
-        total=len(tiles),
+    with tqdm(
+        total=len(points),
         desc="refit_bases",
-        unit="tile",
+        unit="pattern",
         disable=not show_progressbar,
-    ):
-        index = tile.flat_indices(source.nx)
-        use = selected[index]
-        flat = raw.reshape(len(index), -1)[use]
-        for start in range(0, len(flat), _CHUNK):
-            a = _coefficients(model, index[use][start : start + _CHUNK])
-            x = model._normalize(flat[start : start + _CHUNK])
-            gram += (a.T @ a).double()
-            moments += (a.T @ x).double()
+    ) as bar:
+        for index, flat in iter_patterns(source, selected, held):
+            for start in range(0, len(flat), _CHUNK):
+                a = _coefficients(model, index[start : start + _CHUNK])
+                x = model._normalize(flat[start : start + _CHUNK])
+                gram += (a.T @ a).double()
+                moments += (a.T @ x).double()
+            bar.update(len(flat))
     return gram, moments
 
 
