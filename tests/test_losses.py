@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kikuchipy_neural.training.losses import band_mask
+from kikuchipy_neural.training.losses import _kth_largest, band_mask
 
 
 def _band_mask_2d(patterns: torch.Tensor, shape, top_fraction=0.15) -> torch.Tensor:
@@ -60,3 +60,35 @@ def test_band_mask_marks_the_edges_of_a_band():
     assert set(columns) <= set(range(17, 23)) | set(range(27, 33))
     assert {19, 20, 29, 30} <= set(columns)
     assert band_mask(torch.zeros(0, 1600), (40, 40)).shape == (0, 1600)
+
+
+def test_kth_largest_both_ways_equals_topk():
+    # Few distinct values: many ties at the k-th largest.
+    values = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 20, (64, 300)).astype(np.float32)
+    )
+    for k in (1, 7, 45, 300):
+        expected = values.topk(k, dim=1).values[:, -1:]
+        for use_numpy in (True, False):  # CPU tensors / other devices
+            assert torch.equal(_kth_largest(values, k, use_numpy), expected)
+
+
+def test_weighted_mse_value_and_gradient_equal_the_formula():
+    from kikuchipy_neural.training.losses import weighted_mse
+
+    rng = np.random.default_rng(1)
+    target = torch.from_numpy(rng.random((50, 70), np.float32))
+    for weight in (
+        torch.from_numpy(1 + (rng.random((50, 70)) < 0.15).astype(np.float32)),
+        torch.from_numpy(rng.random((1, 70), np.float32)),  # broadcast, as scores
+    ):
+        ours = torch.from_numpy(rng.random((50, 70), np.float32)).requires_grad_()
+        plain = ours.detach().clone().requires_grad_()
+        loss = weighted_mse(ours, target, weight)
+        expected = (weight * (plain - target) ** 2).mean()
+        loss.backward()
+        expected.backward()
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+        torch.testing.assert_close(ours.grad, plain.grad, rtol=1e-5, atol=1e-12)
+    with torch.no_grad():  # evaluation without autograd works too
+        assert float(weighted_mse(target, target, weight)) == 0.0

@@ -145,7 +145,8 @@ class Preprocessed:
     def normalize(self, raw) -> torch.Tensor:
         """Raw intensities (any dtype) -> float32 tensor in [0, 1] units."""
         lo, hi = self.intensity_range
-        return (torch.as_tensor(np.asarray(raw, dtype=np.float32)) - lo) / (hi - lo)
+        # A float32 copy, then in place: no further batch-sized arrays.
+        return torch.from_numpy(np.array(raw, dtype=np.float32)).sub_(lo).div_(hi - lo)
 
 
 def _check_finite(raw: np.ndarray, policy: str) -> np.ndarray:

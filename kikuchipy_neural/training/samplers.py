@@ -72,19 +72,36 @@ class PositionSampler:
         self.n_positions, self.n_pixels = n_positions, n_pixels
         self.band_weight, self.share = band_weight, share
         self.device = device
+        self._arrays: dict[str, torch.Tensor] = {}
 
     def __call__(self, rng: np.random.Generator) -> Batch:
         points, raw, band = self.buffer.sample(self.n_positions, rng)
         if self.device is not None and self.device.type == "cuda":
             return self._on_device(points, raw, band, rng)
-        target = self.prep.normalize(raw)
-        band_t = torch.from_numpy(band)
         pixels = None
-        if self.n_pixels is not None and self.n_pixels < target.shape[1]:
+        if self.n_pixels is not None and self.n_pixels < raw.shape[1]:
             pixels = self._band_biased_pixels(band, rng)
-            target, band_t = target[:, pixels], band_t[:, pixels]
-        weight = 1.0 + (self.band_weight - 1.0) * band_t.float()
+            raw, band = raw[:, pixels.numpy()], band[:, pixels.numpy()]
+        # Targets and weights go into the previous batch's arrays (a step is
+        # done with its batch before the next is drawn, and the loss keeps
+        # neither): fresh arrays of this size cost more to page in than to
+        # fill.
+        target = self._workspace("target", raw.shape)
+        np.copyto(target.numpy(), raw, casting="unsafe")
+        lo, hi = self.prep.intensity_range
+        target.sub_(lo).div_(hi - lo)
+        # 1 + (band_weight - 1) * band
+        weight = self._workspace("weight", band.shape)
+        np.copyto(weight.numpy(), band, casting="unsafe")
+        weight.mul_(self.band_weight - 1.0).add_(1.0)
         return Batch("patterns", points, target, weight, pixels)
+
+    def _workspace(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 array of ``shape``, the same one from call to call."""
+        array = self._arrays.get(name)
+        if array is None or tuple(array.shape) != tuple(shape):
+            array = self._arrays[name] = torch.empty(shape, dtype=torch.float32)
+        return array
 
     def _on_device(self, points, raw, band, rng) -> Batch:
         # Raw counts and band flags travel to the GPU (pinned, non-blocking)
