@@ -108,10 +108,10 @@ def weighted_mse(
     """Mean of ``weight * (prediction - target)**2`` (``weight`` broadcasts).
 
     Differentiable in ``prediction`` only. A batch of the default sampler
-    holds 15 M values; written out, autograd would keep four arrays of that
-    size and allocate as many again for the gradient (each page-faulted
-    afresh), where this keeps one, ``weight * (prediction - target)``, which
-    is also the gradient up to a factor.
+    holds 15 M values; written out, the loss makes three arrays of that size
+    and its gradient three more (each page-faulted in afresh). This makes
+    two and one: it keeps ``weight * (prediction - target)``, which is also
+    the gradient up to a factor, and takes the value as a dot product.
     """
     return _WeightedMSE.apply(prediction, target, weight)
 
