@@ -21,22 +21,13 @@ Run: ``python benchmarks/lazy_fit_reads.py --cache _out/calvat_crop.npy
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from _runs import append_result, package_info, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux ``VmHWM``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _write_h5ebsd(path: Path, cache: str | None, rows: int) -> None:
@@ -65,7 +56,6 @@ def main() -> None:
 
     import kikuchipy as kp
 
-    import kikuchipy_neural
     from kikuchipy_neural.training import data as data_module
 
     read = {"patterns": 0, "seconds": 0.0}
@@ -95,13 +85,7 @@ def main() -> None:
     training = float(model.history["seconds"][-1]) if model.history["seconds"] else 0
     result = {
         "label": args.label,
-        "package": str(Path(kikuchipy_neural.__file__).parents[1]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(kikuchipy_neural.__file__).parents[1],
-            capture_output=True,
-            text=True,
-        ).stdout.strip(),
+        **package_info(),
         "points": n_points,
         "h5ebsd_bytes": path.stat().st_size,
         "rank": args.rank,
@@ -112,12 +96,9 @@ def main() -> None:
         "read_seconds": read["seconds"],
         "fit_seconds": seconds,
         "training_seconds_at_last_evaluation": training,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
-    print(json.dumps(result), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_result(result, args.out)
 
 
 if __name__ == "__main__":

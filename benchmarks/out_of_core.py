@@ -40,21 +40,13 @@ import sys
 import time
 from pathlib import Path
 
+from _runs import peak_rss_mb
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_out" / "out_of_core"
 # The same validation set size for every fit (the 64 x 64 map holds out 205).
 _VALIDATION_POINTS = 200
 _CHUNK_COLUMNS = 128
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux ``VmHWM``). Not
-    ``ru_maxrss``: it survives ``execve``, so a child started by a parent that
-    held the whole map would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _write_map(path: Path, size: int, chunk: int) -> None:
@@ -112,7 +104,7 @@ def _child(
             model_mb=sum(p.numel() * 4 for p in model.field.parameters()) / 2**20,
             rank=model.rank,
         )
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 

@@ -21,12 +21,10 @@ benchmarks/results/train_step.jsonl`` (about 3 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
+from _runs import append_result, package_info
 
 
 def _stage_seconds_per_step(model, stage: str) -> float:
@@ -58,7 +56,6 @@ def main() -> None:
 
     from compression import _load_data, _scan
 
-    import kikuchipy_neural
     from kikuchipy_neural.training.fit import fit
 
     if args.map == "crop":
@@ -79,16 +76,9 @@ def main() -> None:
     started = time.perf_counter()
     main_stage = fit(_scan(data), max_steps=args.steps, warm_start=False, **common)
     warm = fit(_scan(data), max_steps=args.steps, **common)
-    root = Path(kikuchipy_neural.__file__).parents[1]
     result = {
         "label": args.label,
-        "package": str(root),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip(),
+        **package_info(),
         "map": args.map,
         "rank": args.rank,
         "width": args.width,
@@ -97,10 +87,7 @@ def main() -> None:
         "warm_start_ms_per_step": 1e3 * _stage_seconds_per_step(warm, "warm_start"),
         "seconds": time.perf_counter() - started,
     }
-    print(json.dumps(result), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_result(result, args.out)
 
 
 if __name__ == "__main__":
