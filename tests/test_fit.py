@@ -172,6 +172,40 @@ def test_band_biased_pixel_subsets(small_map):
     assert np.isfinite(model.history["val_mae"]).all()
 
 
+def test_position_batches_reuse_their_arrays_with_the_right_values(small_map):
+    from kikuchipy_neural.training.data import InMemoryBuffer
+    from kikuchipy_neural.training.losses import band_mask
+    from kikuchipy_neural.training.preprocessing import preprocess
+    from kikuchipy_neural.training.samplers import PositionSampler
+
+    source = PatternSource(small_map.data)
+    prep = preprocess(
+        source,
+        np.ones(144, bool),
+        rank=4,
+        variance=None,
+        need_pca=True,
+        validation_fraction=0.1,
+        max_validation_points=100,
+        pca_samples=1000,
+        memory_budget=10**8,
+        nonfinite="raise",
+        rng=np.random.default_rng(0),
+    )
+    buffer = InMemoryBuffer(source, prep.train_points, 0.15)
+    sampler = PositionSampler(buffer, prep, 16, None, 2.0, 0.5)
+    rng = np.random.default_rng(1)
+    first, second = sampler(rng), sampler(rng)
+    # The second batch is written into the first one's arrays ...
+    assert second.target is first.target and second.weight is first.weight
+    # ... with the values of its own points.
+    lo, hi = prep.intensity_range
+    raw = small_map.data.reshape(144, -1)[second.points].astype(np.float64)
+    np.testing.assert_allclose(second.target.numpy(), (raw - lo) / (hi - lo), rtol=1e-6)
+    band = band_mask(torch.from_numpy(raw), (40, 40), 0.15).numpy()
+    np.testing.assert_array_equal(second.weight.numpy(), np.where(band, 2.0, 1.0))
+
+
 def test_lazy_signal_streams_through_a_shuffle_buffer(small_map):
     s = small_map.deepcopy().as_lazy()
     s.data = s.data.rechunk((4, 4, -1, -1))

@@ -142,11 +142,17 @@ class Preprocessed:
     # patterns when they fit the memory budget (see ``preprocess``), else None.
     train_patterns: np.ndarray | None = None
 
-    def normalize(self, raw) -> torch.Tensor:
-        """Raw intensities (any dtype) -> float32 tensor in [0, 1] units."""
+    def normalize(self, raw, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw intensities (any dtype) -> float32 tensor in [0, 1] units,
+        written into ``out`` (a float32 CPU tensor of ``raw``'s shape) if
+        given."""
         lo, hi = self.intensity_range
-        # A float32 copy, then in place: no further batch-sized arrays.
-        return torch.from_numpy(np.array(raw, dtype=np.float32)).sub_(lo).div_(hi - lo)
+        if out is None:
+            out = torch.from_numpy(np.array(raw, dtype=np.float32))
+        else:
+            np.copyto(out.numpy(), raw, casting="unsafe")
+        # In place: no further arrays of the batch's size.
+        return out.sub_(lo).div_(hi - lo)
 
 
 def _check_finite(raw: np.ndarray, policy: str) -> np.ndarray:

@@ -86,10 +86,7 @@ class PositionSampler:
         # done with its batch before the next is drawn, and the loss keeps
         # neither): fresh arrays of this size cost more to page in than to
         # fill.
-        target = self._workspace("target", raw.shape)
-        np.copyto(target.numpy(), raw, casting="unsafe")
-        lo, hi = self.prep.intensity_range
-        target.sub_(lo).div_(hi - lo)
+        target = self.prep.normalize(raw, out=self._workspace("target", raw.shape))
         # 1 + (band_weight - 1) * band
         weight = self._workspace("weight", band.shape)
         np.copyto(weight.numpy(), band, casting="unsafe")
