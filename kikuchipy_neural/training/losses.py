@@ -13,6 +13,10 @@ import torch.nn.functional as F
 
 __all__ = ["band_mask", "pack_mask", "unpack_mask", "weighted_mse"]
 
+# Rows per numpy partition when thresholding band masks (its copy of them is
+# the one work array outside torch).
+_PARTITION_ROWS = 16
+
 
 def band_mask(
     patterns: torch.Tensor, pattern_shape: tuple[int, int], top_fraction: float = 0.15
@@ -74,7 +78,14 @@ def _kth_largest(
     if use_numpy is None:
         use_numpy = values.device.type == "cpu"
     if use_numpy:
-        kth = np.partition(values.numpy(), p - k, axis=1)[:, p - k : p - k + 1]
+        rows = values.numpy()
+        kth = np.empty((len(rows), 1), rows.dtype)
+        # partition works on a copy: a few rows at a time keep it small.
+        for start in range(0, len(rows), _PARTITION_ROWS):
+            block = rows[start : start + _PARTITION_ROWS]
+            kth[start : start + len(block), 0] = np.partition(block, p - k, axis=1)[
+                :, p - k
+            ]
         return torch.from_numpy(kth)
     return values.kthvalue(p - k + 1, dim=1, keepdim=True).values
 

@@ -148,9 +148,8 @@ class Preprocessed:
         given."""
         lo, hi = self.intensity_range
         if out is None:
-            out = torch.from_numpy(np.array(raw, dtype=np.float32))
-        else:
-            np.copyto(out.numpy(), raw, casting="unsafe")
+            out = torch.empty(np.shape(raw), dtype=torch.float32)
+        np.copyto(out.numpy(), raw, casting="unsafe")
         # In place: no further arrays of the batch's size.
         return out.sub_(lo).div_(hi - lo)
 
