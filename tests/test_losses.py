@@ -73,22 +73,30 @@ def test_kth_largest_both_ways_equals_topk():
             assert torch.equal(_kth_largest(values, k, use_numpy), expected)
 
 
-def test_weighted_mse_value_and_gradient_equal_the_formula():
+def test_weighted_mse_value_and_gradients_equal_the_formula():
     from kikuchipy_neural.training.losses import weighted_mse
 
     rng = np.random.default_rng(1)
-    target = torch.from_numpy(rng.random((50, 70), np.float32))
-    for weight in (
-        torch.from_numpy(1 + (rng.random((50, 70)) < 0.15).astype(np.float32)),
-        torch.from_numpy(rng.random((1, 70), np.float32)),  # broadcast, as scores
-    ):
-        ours = torch.from_numpy(rng.random((50, 70), np.float32)).requires_grad_()
-        plain = ours.detach().clone().requires_grad_()
-        loss = weighted_mse(ours, target, weight)
-        expected = (weight * (plain - target) ** 2).mean()
+    for weight_shape in ((50, 70), (1, 70)):  # full, and broadcast as scores
+        ours = [
+            torch.from_numpy(rng.random(shape, np.float32)).requires_grad_()
+            for shape in ((50, 70), (50, 70), weight_shape)
+        ]
+        plain = [t.detach().clone().requires_grad_() for t in ours]
+        loss = weighted_mse(*ours)
+        prediction, target, weight = plain
+        expected = (weight * (prediction - target) ** 2).mean()
         loss.backward()
         expected.backward()
         torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
-        torch.testing.assert_close(ours.grad, plain.grad, rtol=1e-5, atol=1e-12)
+        for a, b in zip(ours, plain, strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-12)
+    # Only the prediction's gradient, as in training.
+    target = torch.rand(50, 70)
+    prediction = torch.rand(50, 70, requires_grad=True)
+    weighted_mse(prediction, target, torch.ones(50, 70)).backward()
+    torch.testing.assert_close(
+        prediction.grad, 2 * (prediction - target).detach() / 3500
+    )
     with torch.no_grad():  # evaluation without autograd works too
-        assert float(weighted_mse(target, target, weight)) == 0.0
+        assert float(weighted_mse(target, target, torch.ones(1, 70))) == 0.0

@@ -118,7 +118,7 @@ def weighted_mse(
 ) -> torch.Tensor:
     """Mean of ``weight * (prediction - target)**2`` (``weight`` broadcasts).
 
-    Differentiable in ``prediction`` only. A batch of the default sampler
+    Differentiable in all three. A batch of the default sampler
     holds 15 M values; written out, the loss makes three arrays of that size
     and its gradient three more (each page-faulted in afresh). This makes
     two and one: it keeps ``weight * (prediction - target)``, which is also
@@ -132,13 +132,23 @@ class _WeightedMSE(torch.autograd.Function):
     def forward(ctx, prediction, target, weight):
         diff = prediction - target
         weighted = weight * diff
-        ctx.save_for_backward(weighted)
+        # The difference itself is kept only when the weight's gradient needs
+        # it (never in training: weights are data).
+        ctx.save_for_backward(weighted, diff if ctx.needs_input_grad[2] else None)
+        ctx.shapes = (target.shape, weight.shape)
         # sum(w d^2) / n as one dot product: no squared array.
         return torch.dot(diff.reshape(-1), weighted.reshape(-1)) / diff.numel()
 
     @staticmethod
     def backward(ctx, grad):
-        (weighted,) = ctx.saved_tensors
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            raise NotImplementedError("weighted_mse differentiates the prediction only")
-        return weighted * (2 * grad / weighted.numel()), None, None
+        weighted, diff = ctx.saved_tensors
+        target_shape, weight_shape = ctx.shapes
+        d_prediction = weighted * (2 * grad / weighted.numel())
+        d_target = d_weight = None
+        if ctx.needs_input_grad[1]:
+            d_target = (-d_prediction).sum_to_size(target_shape)
+        if ctx.needs_input_grad[2]:
+            d_weight = (diff * diff * (grad / diff.numel())).sum_to_size(weight_shape)
+        if not ctx.needs_input_grad[0]:
+            d_prediction = None
+        return d_prediction, d_target, d_weight
