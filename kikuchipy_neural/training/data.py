@@ -537,14 +537,17 @@ def make_buffer(
     already in memory: numpy data, or ``patterns`` read by the caller, row
     for row with ``train_points``), else a :class:`ShuffleBuffer`. Band masks
     are computed on ``device`` when given."""
-    train = np.zeros(source.ny * source.nx, bool)
-    train[train_points] = True
-    n_used = sum(train[t.flat_indices(source.nx)].any() for t in source.tiles)
-    if (
+    in_memory = (
         patterns is not None
         or not source.is_lazy
         or buffer_fits(source, len(train_points), memory_budget)
-        or n_used < 2
-    ):
+    )
+    if not in_memory:
+        # A shuffle buffer needs two chunks holding training points.
+        train = np.zeros(source.ny * source.nx, bool)
+        train[train_points] = True
+        tiles = source.tiles
+        in_memory = sum(train[t.flat_indices(source.nx)].any() for t in tiles) < 2
+    if in_memory:
         return InMemoryBuffer(source, train_points, top_fraction, device, patterns)
     return ShuffleBuffer(source, train_points, top_fraction, memory_budget, rng, device)

@@ -157,13 +157,15 @@ class FitOptions:
         map: the buffered patterns and the warm start's PCA scores while
         training, the PCA subsample before (a lazy map whose training
         patterns fit it is read twice: the subsample, then one pass whose
-        patterns stay for training and the passes after it). What does not grow
-        with the map (the validation set, at most ``max_validation_points``
-        patterns, and the work arrays of a batch) comes on top.
+        patterns stay for training and the passes after it). What does not
+        grow with the map (the validation set, at most
+        ``max_validation_points`` patterns, and the work arrays of a batch)
+        comes on top.
     After training
         ``refit_bases=True`` (ours, factorized): one more pass over the
-        training patterns (from memory where the fit holds them) solves the bases by least squares given the trained
-        network, kept if it lowers the validation MAE (see
+        training patterns (from memory where the fit holds them) solves the
+        bases by least squares given the trained network, kept if it lowers
+        the validation MAE (see
         :mod:`kikuchipy_neural.training.refit_bases`). ``"all"``: solved on
         every point the fit reads (all of the map, or of ``mask``),
         validation points included, and kept: for compression, where only
