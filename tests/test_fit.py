@@ -373,6 +373,79 @@ def test_kept_training_patterns_are_those_of_the_training_points(small_map):
     assert np.shares_memory(closed, rows)
 
 
+def test_training_arrays_are_released_before_the_passes_after_training(
+    small_map, monkeypatch
+):
+    """The bases' refit and per-point intensities run after the trainer (its
+    batch work arrays, validation targets, optimiser moments) and the shuffle
+    buffer (its slots and the chunk read ahead) are gone."""
+    import gc
+    import weakref
+
+    from kikuchipy_neural.training import loop
+
+    fit_module = importlib.import_module("kikuchipy_neural.training.fit")
+    refs = {}
+    original_init, original_buffer = loop.Trainer.__init__, fit_module.make_buffer
+
+    def init(self, *args, **kwargs):
+        refs["trainer"] = weakref.ref(self)
+        original_init(self, *args, **kwargs)
+
+    def buffer(*args, **kwargs):
+        made = original_buffer(*args, **kwargs)
+        assert isinstance(made, ShuffleBuffer)
+        refs["buffer"] = weakref.ref(made)
+        refs["slots"] = weakref.ref(made.patterns)
+        return made
+
+    alive = []
+
+    def after_training(name, original):
+        def check(*args, **kwargs):
+            # Reference counting alone must free them (no cycles left
+            # for the collector): the passes after training run at once.
+            alive.append((name, {k: r() is not None for k, r in refs.items()}))
+            return original(*args, **kwargs)
+
+        return check
+
+    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    monkeypatch.setattr(fit_module, "make_buffer", buffer)
+    for name in ("refit_bases", "fit_point_intensity"):
+        monkeypatch.setattr(
+            fit_module, name, after_training(name, getattr(fit_module, name))
+        )
+    s = small_map.deepcopy().as_lazy()
+    s.data = s.data.rechunk((3, 12, -1, -1))
+    gc.disable()
+    try:
+        s.fit_neural(
+            rank=6,
+            memory_budget=400_000,  # a shuffle buffer of 36-point chunks
+            max_steps=10,
+            warm_start=False,
+            point_intensity=True,
+            **FAST_FIT,
+        )
+    finally:
+        gc.enable()
+    assert [name for name, _ in alive] == ["refit_bases", "fit_point_intensity"]
+    for name, state in alive:
+        assert state == {"trainer": False, "buffer": False, "slots": False}, name
+
+
+def test_total_variance_is_summed_without_float32_drift():
+    from kikuchipy_neural.training.preprocessing import _sum_of_squares
+
+    # 20 M values: a float32 norm or dot product drifts by 1e-4 to 1e-3 here.
+    x = torch.rand(2000, 10_000, generator=torch.Generator().manual_seed(0))
+    x = 0.3 * x + 0.2
+    x -= x.mean(dim=0)
+    exact = float((x.double() ** 2).sum())
+    assert abs(_sum_of_squares(x) / exact - 1) < 1e-6
+
+
 # ----------------------------------------------------------- resume & stop
 
 

@@ -515,6 +515,8 @@ class ShuffleBuffer(_Sampling):
         if self._pending is not None:
             self._pending.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        # A chunk read ahead would otherwise live as long as the buffer.
+        self._pending = self._pending_tile = None
 
 
 def buffer_fits(source: PatternSource, n_points: int, memory_budget: int) -> bool:

@@ -490,6 +490,10 @@ def fit(
             phases=None if xmap is None else xmap.phases,
             validation_points=prep.val_points,
         )
+        # The passes after training read patterns of their own: let go of
+        # training's arrays first (batch work arrays, validation targets and
+        # weights, optimiser moments, a shuffle buffer's slots).
+        del trainer, buffer
         if formulation == "factorized" and opts.refit_bases:
             # Each process reads its own shard (train_points); the sums meet
             # in one all-reduce.
