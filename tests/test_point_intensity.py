@@ -60,6 +60,32 @@ def test_unreadable_points_are_never_used_and_take_their_neighbours(flickering_m
     assert any(np.array_equal(table[4, 4], n) for n in neighbours)
 
 
+def test_gains_are_fitted_in_small_float64_blocks(small_map, small_model, monkeypatch):
+    """The least squares run in float64 on blocks of rows, not on a whole
+    piece of patterns: the traced peak is the piece's float32 field (0.9 MB
+    here), its raw patterns and the query's work arrays (2.4 MB in all),
+    where float64 copies and temporaries of the whole piece took 7.9 MB. The
+    result does not depend on the block size."""
+    import tracemalloc
+
+    from kikuchipy_neural.training import point_intensity as pi
+    from kikuchipy_neural.training.data import PatternSource
+
+    source = PatternSource(small_map.data)
+    readable = np.ones(small_model.geometry.n_points, bool)
+    whole = pi.fit_point_intensity(small_model, source, readable)
+    monkeypatch.setattr(pi, "_ROWS", 16)
+    tracemalloc.start()
+    try:
+        blocks = pi.fit_point_intensity(small_model, source, readable)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(blocks, whole)
+    field_bytes = small_map.data[..., 0, 0].size * small_map.data[0, 0].size * 4
+    assert peak < 4 * field_bytes, (peak, field_bytes)
+
+
 def test_between_points_gain_and_offset_are_bilinear(small_model):
     g = small_model.geometry
     table = np.zeros((g.n_points, 2), np.float32)

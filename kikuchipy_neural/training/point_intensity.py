@@ -56,25 +56,40 @@ def fit_point_intensity(
     table = np.full((g.n_points, 2), np.nan, np.float32)
     xy_all = g.index_to_xy(np.arange(g.n_points))
     for idx, raw in iter_patterns(source, readable, held):
-        measured = raw.astype(np.float64)
-        field = model.query(xy_all[idx], extrapolate=True)
-        field = field.reshape(len(measured), -1).astype(np.float64)
-        f_mean = field.mean(axis=1, keepdims=True)
-        m_mean = measured.mean(axis=1, keepdims=True)
-        fc = field - f_mean
-        var = (fc**2).sum(axis=1)
-        # A flat field pattern has no gain to fit: keep 1.
-        gain = np.where(
-            var > 0, (fc * (measured - m_mean)).sum(axis=1) / np.maximum(var, 1e-300), 1
-        )
-        table[idx, 0] = gain
-        table[idx, 1] = m_mean[:, 0] - gain * f_mean[:, 0]
+        field = model.query(xy_all[idx], extrapolate=True).reshape(len(raw), -1)
+        # float64 in blocks of rows: on a whole piece (up to 64 MB of float32)
+        # the float64 copies and temporaries would take 0.7 GB.
+        for start in range(0, len(raw), _ROWS):
+            rows = slice(start, start + _ROWS)
+            table[idx[rows]] = _gain_offset(field[rows], raw[rows])
     known = np.isfinite(table[:, 0])
     if not known.any():
         raise ValueError("No readable scan point to fit per-point intensities on")
     if not known.all():
         table[~known] = table[_nearest_known(g, known)][~known]
     return table
+
+
+# Rows per float64 block of the least-squares fit (about 15 MB per array at
+# 120 x 120 px); rows are fitted independently, so the block size does not
+# change the result.
+_ROWS = 128
+
+
+def _gain_offset(field: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Least-squares gain and offset, ``(n, 2)``, of ``raw ~ gain * field +
+    offset`` row by row."""
+    measured = raw.astype(np.float64)
+    field = field.astype(np.float64)
+    f_mean = field.mean(axis=1, keepdims=True)
+    m_mean = measured.mean(axis=1, keepdims=True)
+    fc = field - f_mean
+    var = (fc**2).sum(axis=1)
+    # A flat field pattern has no gain to fit: keep 1.
+    gain = np.where(
+        var > 0, (fc * (measured - m_mean)).sum(axis=1) / np.maximum(var, 1e-300), 1
+    )
+    return np.column_stack([gain, m_mean[:, 0] - gain * f_mean[:, 0]])
 
 
 def _nearest_known(geometry: ScanGeometry, known: np.ndarray) -> np.ndarray:
