@@ -435,6 +435,41 @@ def test_training_arrays_are_released_before_the_passes_after_training(
         assert state == {"trainer": False, "buffer": False, "slots": False}, name
 
 
+def test_validation_is_the_band_weighted_error_held_as_flags(small_map, monkeypatch):
+    """The trainer keeps the validation patterns' band flags (a byte per
+    value), not float weights, and evaluates in blocks: the loss and MAE equal
+    the formula on all validation points at once."""
+    from kikuchipy_neural.training import loop
+    from kikuchipy_neural.training.losses import band_mask
+
+    trainers = []
+    original = loop.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        trainers.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "__init__", init)
+    monkeypatch.setattr(loop, "_VALIDATION_BLOCK", 5)  # several blocks
+    s = small_map.deepcopy()
+    s.fit_neural(max_steps=5, validation_fraction=0.2, **FAST_FIT)
+    trainer = trainers[-1]
+    assert trainer.val_band.dtype == torch.bool
+    assert not hasattr(trainer, "val_weight")
+
+    prep = trainer.prep
+    target = prep.normalize(prep.val_patterns)
+    band = band_mask(target, trainer.field.pattern_shape, 0.15)
+    with torch.no_grad():
+        diff = trainer.field.pattern_values(trainer.val_xy) - target
+    weight = 1.0 + (2.0 - 1.0) * band.double()
+    lo, hi = prep.intensity_range
+    loss, mae = trainer.evaluate()
+    assert len(target) > 5 and band.any()
+    np.testing.assert_allclose(loss, float((weight * diff.double() ** 2).mean()), 1e-5)
+    np.testing.assert_allclose(mae, float(diff.double().abs().mean()) * (hi - lo), 1e-5)
+
+
 def test_total_variance_is_summed_without_float32_drift():
     from kikuchipy_neural.training.preprocessing import _sum_of_squares
 

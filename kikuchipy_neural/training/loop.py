@@ -42,6 +42,11 @@ HISTORY_COLUMNS = ("step", "seconds", "stage", "loss", "val_loss", "val_mae", "l
 
 CHECKPOINT_FORMAT = "kikuchipy-neural-checkpoint/1"
 
+# Validation patterns per block when evaluating (and when computing their band
+# masks): a block's prediction, difference and squares are the evaluation's
+# work arrays, 15 MB each at 120 x 120 px.
+_VALIDATION_BLOCK = 256
+
 
 @dataclass
 class StageSpec:
@@ -171,13 +176,20 @@ class Trainer:
         self.val_xy = self.xy_all[torch.from_numpy(val)] if len(val) else None
         if len(val):
             target = self.prep.normalize(self.prep.val_patterns)
-            mask = band_mask(
-                target, self.field.pattern_shape, self.opts.band_top_fraction
+            # Band flags, not weights (a byte per value, not four); in blocks,
+            # as band_mask's filters make temporaries the size of their input.
+            band = torch.cat(
+                [
+                    band_mask(
+                        target[i : i + _VALIDATION_BLOCK],
+                        self.field.pattern_shape,
+                        self.opts.band_top_fraction,
+                    )
+                    for i in range(0, len(target), _VALIDATION_BLOCK)
+                ]
             )
             self.val_target = target.to(self.device)
-            self.val_weight = (1.0 + (self.opts.band_weight - 1.0) * mask.float()).to(
-                self.device
-            )
+            self.val_band = band.to(self.device)
 
     def evaluate(self) -> tuple[float, float]:
         """Validation loss (band-weighted MSE, normalised) and MAE (counts).
@@ -197,11 +209,11 @@ class Trainer:
             )
             return loss, math.nan
         sq, ab, n = 0.0, 0.0, 0
-        for start in range(0, len(self.val_xy), 1024):
-            sl = slice(start, start + 1024)
-            pred = self.field.pattern_values(self.val_xy[sl])
-            diff = pred - self.val_target[sl]
-            sq += float((self.val_weight[sl] * diff**2).sum())
+        for start in range(0, len(self.val_xy), _VALIDATION_BLOCK):
+            sl = slice(start, start + _VALIDATION_BLOCK)
+            diff = self.field.pattern_values(self.val_xy[sl]).sub_(self.val_target[sl])
+            weight = 1.0 + (self.opts.band_weight - 1.0) * self.val_band[sl].float()
+            sq += float((weight * diff**2).sum())
             ab += float(diff.abs().sum())
             n += diff.numel()
         lo, hi = self.prep.intensity_range
