@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -100,3 +101,9 @@ def test_weighted_mse_value_and_gradients_equal_the_formula():
     )
     with torch.no_grad():  # evaluation without autograd works too
         assert float(weighted_mse(target, target, torch.ones(1, 70))) == 0.0
+    # The saved array becomes the gradient: a second backward through the
+    # same graph raises instead of computing from the modified array.
+    loss = weighted_mse(prediction, target, torch.ones(50, 70))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -143,7 +143,10 @@ class _WeightedMSE(torch.autograd.Function):
     def backward(ctx, grad):
         weighted, diff = ctx.saved_tensors
         target_shape, weight_shape = ctx.shapes
-        d_prediction = weighted * (2 * grad / weighted.numel())
+        # The saved array becomes the gradient, not a fresh batch-sized one
+        # (a second backward through the same graph fails torch's check of
+        # saved tensors modified in place instead of computing garbage).
+        d_prediction = weighted.mul_(2 * grad / weighted.numel())
         d_target = d_weight = None
         if ctx.needs_input_grad[1]:
             d_target = (-d_prediction).sum_to_size(target_shape)
