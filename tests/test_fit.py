@@ -717,12 +717,14 @@ def test_warm_start_halves_its_learning_rate_on_a_stall(small_map):
 
 def test_progressbar_and_history(small_map, capsys):
     model = small_map.deepcopy().fit_neural(
-        max_steps=12, **dict(FAST_FIT, show_progressbar=True)
+        max_steps=12, point_intensity=True, **dict(FAST_FIT, show_progressbar=True)
     )
     err = capsys.readouterr().err
     assert "fit_neural" in err
-    # Preprocessing reads the data twice (minutes for a large map on disk).
+    # Preprocessing reads the data twice, the passes after training once
+    # more each (minutes for a large map on disk).
     assert "PCA sample" in err and "reading the scan" in err
+    assert "refit_bases" in err and "point_intensity" in err
     h = model.history
     assert set(h) >= {"step", "seconds", "loss", "val_loss", "val_mae"}
     assert h["step"][0] == 0 and h["step"][-1] == 12

@@ -492,7 +492,7 @@ def fit(
         )
         # The passes after training read patterns of their own: let go of
         # training's arrays first (batch work arrays, validation targets and
-        # weights, optimiser moments, a shuffle buffer's slots).
+        # band flags, optimiser moments, a shuffle buffer's slots).
         del trainer, buffer
         if formulation == "factorized" and opts.refit_bases:
             # Each process reads its own shard (train_points); the sums meet
@@ -524,7 +524,9 @@ def fit(
         readable = np.zeros(geometry.n_points, bool)
         readable[prep.train_points] = True
         readable[prep.val_points] = True
-        model.point_intensity = fit_point_intensity(model, source, readable, held=held)
+        model.point_intensity = fit_point_intensity(
+            model, source, readable, held=held, show_progressbar=show_bars
+        )
     return model
 
 

@@ -28,7 +28,11 @@ __all__ = ["apply_point_intensity", "fit_point_intensity"]
 
 
 def fit_point_intensity(
-    model, source, readable: np.ndarray, held: Sequence[HeldPatterns] = ()
+    model,
+    source,
+    readable: np.ndarray,
+    held: Sequence[HeldPatterns] = (),
+    show_progressbar: bool = False,
 ) -> np.ndarray:
     """Least-squares gain and offset of every scan point.
 
@@ -44,6 +48,9 @@ def fit_point_intensity(
     held
         Patterns of some of those points already in memory, taken instead of
         reading them from ``source``.
+    show_progressbar
+        Show a progress bar over the points (the other points are read from
+        ``source``: minutes for a large map on disk).
 
     Returns
     -------
@@ -55,13 +62,22 @@ def fit_point_intensity(
     g = model.geometry
     table = np.full((g.n_points, 2), np.nan, np.float32)
     xy_all = g.index_to_xy(np.arange(g.n_points))
-    for idx, raw in iter_patterns(source, readable, held):
-        field = model.query(xy_all[idx], extrapolate=True).reshape(len(raw), -1)
-        # float64 in blocks of rows: on a whole piece (up to 64 MB of float32)
-        # the float64 copies and temporaries would take 0.7 GB.
-        for start in range(0, len(raw), _ROWS):
-            rows = slice(start, start + _ROWS)
-            table[idx[rows]] = _gain_offset(field[rows], raw[rows])
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=int(np.count_nonzero(readable)),
+        desc="point_intensity",
+        unit="pattern",
+        disable=not show_progressbar,
+    ) as bar:
+        for idx, raw in iter_patterns(source, readable, held):
+            field = model.query(xy_all[idx], extrapolate=True).reshape(len(raw), -1)
+            # float64 in blocks of rows: on a whole piece (up to 64 MB of
+            # float32) the float64 copies and temporaries would take 0.7 GB.
+            for start in range(0, len(raw), _ROWS):
+                rows = slice(start, start + _ROWS)
+                table[idx[rows]] = _gain_offset(field[rows], raw[rows])
+            bar.update(len(idx))
     known = np.isfinite(table[:, 0])
     if not known.any():
         raise ValueError("No readable scan point to fit per-point intensities on")
