@@ -101,6 +101,21 @@ def test_weighted_mse_value_and_gradients_equal_the_formula():
     )
     with torch.no_grad():  # evaluation without autograd works too
         assert float(weighted_mse(target, target, torch.ones(1, 70))) == 0.0
+    # Training's case (equal shapes, only the prediction's gradient): the
+    # difference made a block of rows at a time, here blocks of 7 of 50.
+    import kikuchipy_neural.training.losses as losses
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(losses, "_BLOCK_VALUES", 7 * 70)
+        weight = torch.from_numpy(rng.random((50, 70), np.float32))
+        prediction.grad = None
+        loss = weighted_mse(prediction, target, weight)
+        loss.backward()
+    expected = (weight * (prediction - target) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        prediction.grad, 2 * weight * (prediction - target).detach() / 3500
+    )
     # The saved array becomes the gradient: a second backward through the
     # same graph raises instead of computing from the modified array.
     loss = weighted_mse(prediction, target, torch.ones(50, 70))

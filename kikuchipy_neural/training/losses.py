@@ -127,17 +127,38 @@ def weighted_mse(
     return _WeightedMSE.apply(prediction, target, weight)
 
 
+# Values per block when the loss makes the difference a block at a time.
+_BLOCK_VALUES = 2**18
+
+
 class _WeightedMSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prediction, target, weight):
-        diff = prediction - target
-        weighted = weight * diff
-        # The difference itself is kept only when the weight's gradient needs
-        # it (never in training: weights are data).
-        ctx.save_for_backward(weighted, diff if ctx.needs_input_grad[2] else None)
         ctx.shapes = (target.shape, weight.shape)
-        # sum(w d^2) / n as one dot product: no squared array.
-        return torch.dot(diff.reshape(-1), weighted.reshape(-1)) / diff.numel()
+        if (
+            ctx.needs_input_grad[2]
+            or prediction.dim() == 0
+            or not prediction.shape == target.shape == weight.shape
+        ):
+            # The weight's gradient needs the difference itself (never in
+            # training: weights are data); broadcast shapes are small.
+            diff = prediction - target
+            weighted = weight * diff
+            ctx.save_for_backward(weighted, diff if ctx.needs_input_grad[2] else None)
+            # sum(w d^2) / n as one dot product: no squared array.
+            return torch.dot(diff.reshape(-1), weighted.reshape(-1)) / diff.numel()
+        # A batch's difference is made a block of rows at a time: of the
+        # batch-sized arrays only the kept one is new.
+        weighted = torch.empty_like(prediction)
+        rows = max(1, _BLOCK_VALUES // max(1, prediction[0].numel()))
+        value = prediction.new_zeros(())
+        for start in range(0, len(prediction), rows):
+            block = slice(start, start + rows)
+            diff = prediction[block] - target[block]
+            torch.mul(diff, weight[block], out=weighted[block])
+            value += torch.dot(diff.reshape(-1), weighted[block].reshape(-1))
+        ctx.save_for_backward(weighted, None)
+        return value / prediction.numel()
 
     @staticmethod
     def backward(ctx, grad):
