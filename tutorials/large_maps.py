@@ -83,7 +83,11 @@ print(lazy, lazy.data.chunksize)
 # initialisation reads a bounded sample the same way. (A map whose training
 # patterns fit the budget is read twice in all: the PCA sample, then one
 # pass whose patterns stay in memory for training, the bases' refit and
-# per-point intensities.)
+# per-point intensities.) What does not grow with the map comes on top: the
+# validation patterns and a batch's work arrays, about 0.9 GB at 120 x 120 px
+# with the default batch (`benchmarks/fit_memory.py`: a fit of the real
+# 200 x 200 crop with a 600 MB budget peaked 1.5 GB above what the process
+# held before it).
 
 # %%
 budget = lazy.data.nbytes // 4

@@ -120,9 +120,10 @@ def weighted_mse(
 
     Differentiable in all three. A batch of the default sampler
     holds 15 M values; written out, the loss makes three arrays of that size
-    and its gradient three more (each page-faulted in afresh). This makes
-    two and one: it keeps ``weight * (prediction - target)``, which is also
-    the gradient up to a factor, and takes the value as a dot product.
+    and its gradient three more (each page-faulted in afresh). In training
+    (equal shapes, only the prediction's gradient) this makes one: it keeps
+    ``weight * (prediction - target)``, made a block of rows at a time and
+    turned into the gradient in place, and takes the value as dot products.
     """
     return _WeightedMSE.apply(prediction, target, weight)
 
