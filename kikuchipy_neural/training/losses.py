@@ -118,12 +118,13 @@ def weighted_mse(
 ) -> torch.Tensor:
     """Mean of ``weight * (prediction - target)**2`` (``weight`` broadcasts).
 
-    Differentiable in all three. A batch of the default sampler
-    holds 15 M values; written out, the loss makes three arrays of that size
-    and its gradient three more (each page-faulted in afresh). In training
-    (equal shapes, only the prediction's gradient) this makes one: it keeps
-    ``weight * (prediction - target)``, made a block of rows at a time and
-    turned into the gradient in place, and takes the value as dot products.
+    Differentiable in all three. A batch of the default sampler holds 15 M
+    values; written out, the loss makes three arrays of that size and its
+    gradient three more (each page-faulted in afresh on CPUs). This keeps
+    ``weight * (prediction - target)``, turns it into the gradient in place
+    and takes the value as dot products; in training on CPUs (equal shapes,
+    only the prediction's gradient) it makes the difference a block of rows
+    at a time, so that the kept array is the only batch-sized one.
     """
     return _WeightedMSE.apply(prediction, target, weight)
 
@@ -138,11 +139,14 @@ class _WeightedMSE(torch.autograd.Function):
         ctx.shapes = (target.shape, weight.shape)
         if (
             ctx.needs_input_grad[2]
+            or prediction.device.type != "cpu"
             or prediction.dim() == 0
             or not prediction.shape == target.shape == weight.shape
         ):
             # The weight's gradient needs the difference itself (never in
-            # training: weights are data); broadcast shapes are small.
+            # training: weights are data); broadcast shapes are small; on
+            # GPUs fresh arrays come from torch's cache (nothing to page in)
+            # and blocks would only add kernel launches.
             diff = prediction - target
             weighted = weight * diff
             ctx.save_for_backward(weighted, diff if ctx.needs_input_grad[2] else None)
