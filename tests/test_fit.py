@@ -437,8 +437,9 @@ def test_training_arrays_are_released_before_the_passes_after_training(
 
 def test_validation_is_the_band_weighted_error_held_as_flags(small_map, monkeypatch):
     """The trainer keeps the validation patterns' band flags (a byte per
-    value), not float weights, and evaluates in blocks: the loss and MAE equal
-    the formula on all validation points at once."""
+    value), not float weights, and on CPUs no float copy of the patterns; it
+    evaluates in blocks: the loss and MAE equal the formula on all validation
+    points at once."""
     from kikuchipy_neural.training import loop
     from kikuchipy_neural.training.losses import band_mask
 
@@ -456,6 +457,7 @@ def test_validation_is_the_band_weighted_error_held_as_flags(small_map, monkeypa
     trainer = trainers[-1]
     assert trainer.val_band.dtype == torch.bool
     assert not hasattr(trainer, "val_weight")
+    assert trainer.val_target is None  # normalised per block from the raw
 
     prep = trainer.prep
     target = prep.normalize(prep.val_patterns)

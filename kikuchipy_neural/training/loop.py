@@ -174,22 +174,33 @@ class Trainer:
     def _prepare_validation(self) -> None:
         val = self.prep.val_points
         self.val_xy = self.xy_all[torch.from_numpy(val)] if len(val) else None
-        if len(val):
-            target = self.prep.normalize(self.prep.val_patterns)
-            # Band flags, not weights (a byte per value, not four); in blocks,
-            # as band_mask's filters make temporaries the size of their input.
-            band = torch.cat(
-                [
-                    band_mask(
-                        target[i : i + _VALIDATION_BLOCK],
-                        self.field.pattern_shape,
-                        self.opts.band_top_fraction,
-                    )
-                    for i in range(0, len(target), _VALIDATION_BLOCK)
-                ]
+        self.val_target = None
+        if not len(val):
+            return
+        # Band flags, not weights (a byte per value, not four). Targets: on
+        # CPUs normalised a block at a time from the raw patterns, which
+        # preprocessing keeps anyway (a float32 copy would add 4 bytes per
+        # value); a GPU keeps them on the device. Both in blocks, as
+        # band_mask's filters make temporaries the size of their input.
+        bands, targets = [], []
+        for start in range(0, len(val), _VALIDATION_BLOCK):
+            target = self._val_block_target(slice(start, start + _VALIDATION_BLOCK))
+            bands.append(
+                band_mask(
+                    target, self.field.pattern_shape, self.opts.band_top_fraction
+                ).to(self.device)
             )
-            self.val_target = target.to(self.device)
-            self.val_band = band.to(self.device)
+            if self.device.type != "cpu":
+                targets.append(target.to(self.device))
+        self.val_band = torch.cat(bands)
+        if targets:
+            self.val_target = torch.cat(targets)
+
+    def _val_block_target(self, rows: slice) -> torch.Tensor:
+        """Normalised validation patterns ``rows``."""
+        if self.val_target is not None:
+            return self.val_target[rows]
+        return self.prep.normalize(self.prep.val_patterns[rows])
 
     def evaluate(self) -> tuple[float, float]:
         """Validation loss (band-weighted MSE, normalised) and MAE (counts).
@@ -211,7 +222,9 @@ class Trainer:
         sq, ab, n = 0.0, 0.0, 0
         for start in range(0, len(self.val_xy), _VALIDATION_BLOCK):
             sl = slice(start, start + _VALIDATION_BLOCK)
-            diff = self.field.pattern_values(self.val_xy[sl]).sub_(self.val_target[sl])
+            diff = self.field.pattern_values(self.val_xy[sl]).sub_(
+                self._val_block_target(sl)
+            )
             weight = 1.0 + (self.opts.band_weight - 1.0) * self.val_band[sl].float()
             sq += float((weight * diff**2).sum())
             ab += float(diff.abs().sum())
