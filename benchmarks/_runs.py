@@ -2,7 +2,7 @@
 package ran, its peak memory, and the JSON line it adds to a results file.
 
 Scripts that compare two versions of the package (``lazy_fit_reads.py``,
-``train_step.py``) are run by turns with each checkout's root first on
+``train_step.py``, ``fit_memory.py``) are run by turns with each checkout's root first on
 ``PYTHONPATH``; :func:`package_info` says which one a run used.
 """
 
@@ -12,7 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
-__all__ = ["append_result", "package_info", "peak_rss_mb"]
+__all__ = ["append_result", "package_info", "peak_rss_mb", "reset_peak_rss"]
 
 
 def package_info() -> dict[str, str]:
@@ -37,6 +37,12 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak window: :func:`peak_rss_mb` then reports the peak since
+    this call (Linux ``/proc/self/clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def append_result(result: dict, out: str | None) -> None:

@@ -25,10 +25,9 @@ import argparse
 import functools
 import importlib
 import time
-from pathlib import Path
 
 import numpy as np
-from _runs import append_result, package_info, peak_rss_mb
+from _runs import append_result, package_info, peak_rss_mb, reset_peak_rss
 
 # The fit's phases, each ended by the return of one of these functions of
 # kikuchipy_neural.training.fit (training ends where the bases' refit begins).
@@ -38,11 +37,6 @@ _PHASE_ENDS = {
     "refit_bases": "refit",
     "fit_point_intensity": "point_intensity",
 }
-
-
-def _reset_peak() -> None:
-    """Start a new ``VmHWM`` window (Linux: the peak becomes the current RSS)."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _instrument(fit_module, peaks: dict[str, float]) -> None:
@@ -55,10 +49,10 @@ def _instrument(fit_module, peaks: dict[str, float]) -> None:
         def timed(*args, **kwargs):
             if name == "refit_bases":  # training ends here
                 peaks["training"] = peak_rss_mb()
-                _reset_peak()
+                reset_peak_rss()
             result = original(*args, **kwargs)
             peaks[phase] = peak_rss_mb()
-            _reset_peak()
+            reset_peak_rss()
             return result
 
         setattr(fit_module, name, timed)
@@ -93,7 +87,7 @@ def main() -> None:
     peaks: dict[str, float] = {}
     _instrument(fit_module, peaks)
     before = peak_rss_mb()
-    _reset_peak()
+    reset_peak_rss()
     held = peak_rss_mb()  # the current RSS: interpreter, libraries, the map
     started = time.perf_counter()
     model = fit_module.fit(

@@ -57,13 +57,13 @@ def fit_point_intensity(
     table
         float32 ``(n_points, 2)``: gain and offset in measured units.
     """
+    from tqdm.auto import tqdm
+
     if model.point_intensity is not None:
         raise ValueError("The model already has per-point intensities")
     g = model.geometry
     table = np.full((g.n_points, 2), np.nan, np.float32)
     xy_all = g.index_to_xy(np.arange(g.n_points))
-    from tqdm.auto import tqdm
-
     with tqdm(
         total=int(np.count_nonzero(readable)),
         desc="point_intensity",
