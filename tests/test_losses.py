@@ -122,3 +122,48 @@ def test_weighted_mse_value_and_gradients_equal_the_formula():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_weighted_mae_value_and_gradients_equal_the_formula():
+    import kikuchipy_neural.training.losses as losses
+    from kikuchipy_neural.training.losses import weighted_mae
+
+    rng = np.random.default_rng(2)
+    for weight_shape in ((50, 70), (1, 70)):
+        ours = [
+            torch.from_numpy(rng.random(shape, np.float32)).requires_grad_()
+            for shape in ((50, 70), (50, 70), weight_shape)
+        ]
+        plain = [t.detach().clone().requires_grad_() for t in ours]
+        loss = weighted_mae(*ours)
+        prediction, target, weight = plain
+        expected = (weight * (prediction - target).abs()).mean()
+        loss.backward()
+        expected.backward()
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+        for a, b in zip(ours, plain, strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-12)
+    # Training's case, the difference made in blocks of 7 rows of 50; at a
+    # zero difference the gradient is 0.
+    target = torch.rand(50, 70)
+    prediction = torch.rand(50, 70)
+    prediction[3, :10] = target[3, :10]
+    prediction.requires_grad_()
+    weight = torch.from_numpy(rng.random((50, 70), np.float32))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(losses, "_BLOCK_VALUES", 7 * 70)
+        loss = weighted_mae(prediction, target, weight)
+        loss.backward()
+    diff = (prediction - target).detach()
+    torch.testing.assert_close(loss, (weight * diff.abs()).mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(prediction.grad, weight * diff.sign() / 3500)
+    assert torch.all(prediction.grad[3, :10] == 0)
+    with torch.no_grad():
+        assert float(weighted_mae(target, target, torch.ones(1, 70))) == 0.0
+
+
+def test_every_loss_option_has_its_function():
+    from kikuchipy_neural.training.losses import LOSS_FUNCTIONS
+    from kikuchipy_neural.training.options import LOSSES
+
+    assert set(LOSS_FUNCTIONS) == set(LOSSES)

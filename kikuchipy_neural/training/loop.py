@@ -31,7 +31,7 @@ import torch
 
 from kikuchipy_neural.fields.base import NeuralField
 from kikuchipy_neural.training import accelerate
-from kikuchipy_neural.training.losses import band_mask, weighted_mse
+from kikuchipy_neural.training.losses import LOSS_FUNCTIONS, band_mask, weighted_mse
 from kikuchipy_neural.training.options import FitOptions
 from kikuchipy_neural.training.preprocessing import Preprocessed
 from kikuchipy_neural.training.samplers import Batch
@@ -203,7 +203,8 @@ class Trainer:
         return self.prep.normalize(self.prep.val_patterns[rows])
 
     def evaluate(self) -> tuple[float, float]:
-        """Validation loss (band-weighted MSE, normalised) and MAE (counts).
+        """Validation loss (the training loss, band-weighted, normalised) and
+        MAE (counts).
 
         Without validation points, the running training loss stands in and
         the MAE is NaN. Distributed: rank 0's result on every rank.
@@ -219,18 +220,20 @@ class Trainer:
                 float(np.mean(self._running_loss)) if self._running_loss else math.inf
             )
             return loss, math.nan
-        sq, ab, n = 0.0, 0.0, 0
+        weighted, ab, n = 0.0, 0.0, 0
+        mae = self.opts.loss == "mae"
         for start in range(0, len(self.val_xy), _VALIDATION_BLOCK):
             sl = slice(start, start + _VALIDATION_BLOCK)
             diff = self.field.pattern_values(self.val_xy[sl]).sub_(
                 self._val_block_target(sl)
             )
             weight = 1.0 + (self.opts.band_weight - 1.0) * self.val_band[sl].float()
-            sq += float((weight * diff**2).sum())
-            ab += float(diff.abs().sum())
+            error = diff.abs_()
+            ab += float(error.sum())
+            weighted += float((weight * (error if mae else error.square_())).sum())
             n += diff.numel()
         lo, hi = self.prep.intensity_range
-        return sq / n, ab / n * (hi - lo)
+        return weighted / n, ab / n * (hi - lo)
 
     # ------------------------------------------------------------------ step
 
@@ -248,7 +251,7 @@ class Trainer:
             prediction = accelerate.pattern_values(
                 self.field, xy, pixels, self.precision
             )
-        loss = weighted_mse(prediction, target, weight)
+        loss = LOSS_FUNCTIONS[self.opts.loss](prediction, target, weight)
         if self.opts.basis_l2:
             loss = loss + self.opts.basis_l2 * self.field.penalty()
         return loss

@@ -1,8 +1,10 @@
-"""Band-region masks and the weighted loss of the paper.
+"""Band-region masks and the weighted losses.
 
 Kikuchi bands carry the orientation information but cover a small part of the
 detector, so the loss weighs band pixels twice: a pixel is a band pixel when
 its gradient magnitude is among the top 15 % of its own (smoothed) pattern.
+The paper's loss is the weighted squared error; the weighted absolute error
+(``fit(loss="mae")``) fits the accuracy maps are judged by.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["band_mask", "pack_mask", "unpack_mask", "weighted_mse"]
+__all__ = [
+    "LOSS_FUNCTIONS",
+    "band_mask",
+    "pack_mask",
+    "unpack_mask",
+    "weighted_mae",
+    "weighted_mse",
+]
 
 # Rows per numpy partition when thresholding band masks (its copy of them is
 # the one work array outside torch).
@@ -126,17 +135,42 @@ def weighted_mse(
     only the prediction's gradient) it makes the difference a block of rows
     at a time, so that the kept array is the only batch-sized one.
     """
-    return _WeightedMSE.apply(prediction, target, weight)
+    return _WeightedLoss.apply(prediction, target, weight, 2)
 
+
+def weighted_mae(
+    prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Mean of ``weight * |prediction - target|`` (``weight`` broadcasts).
+
+    The loss of ``fit(loss="mae")``: the mean absolute error is what maps are
+    judged by, and a few outlying pixels (hot pixels, saturated spots) pull
+    it far less than the squared error. Computed like :func:`weighted_mse`,
+    keeping ``weight * sign(prediction - target)``; the gradient at a zero
+    difference is 0.
+    """
+    return _WeightedLoss.apply(prediction, target, weight, 1)
+
+
+#: The training losses by their names in ``FitOptions.loss``.
+LOSS_FUNCTIONS = {"mse": weighted_mse, "mae": weighted_mae}
 
 # Values per block when the loss makes the difference a block at a time.
 _BLOCK_VALUES = 2**18
 
 
-class _WeightedMSE(torch.autograd.Function):
+class _WeightedLoss(torch.autograd.Function):
+    """``mean(weight * |d|**power)``, ``d = prediction - target``, power 1 or 2.
+
+    Both keep ``weight * d**(power - 1)`` (``weight * sign(d)`` for power 1):
+    the value is its dot product with ``d``, and the prediction's gradient is
+    the kept array times ``power / n``.
+    """
+
     @staticmethod
-    def forward(ctx, prediction, target, weight):
+    def forward(ctx, prediction, target, weight, power):
         ctx.shapes = (target.shape, weight.shape)
+        ctx.power = power
         if (
             ctx.needs_input_grad[2]
             or prediction.device.type != "cpu"
@@ -148,36 +182,40 @@ class _WeightedMSE(torch.autograd.Function):
             # GPUs fresh arrays come from torch's cache (nothing to page in)
             # and blocks would only add kernel launches.
             diff = prediction - target
-            weighted = weight * diff
-            ctx.save_for_backward(weighted, diff if ctx.needs_input_grad[2] else None)
-            # sum(w d^2) / n as one dot product: no squared array.
-            return torch.dot(diff.reshape(-1), weighted.reshape(-1)) / diff.numel()
+            kept = weight * (diff if power == 2 else diff.sign())
+            ctx.save_for_backward(kept, diff if ctx.needs_input_grad[2] else None)
+            # sum(w |d|^power) / n as one dot product: no squared array.
+            return torch.dot(diff.reshape(-1), kept.reshape(-1)) / diff.numel()
         # A batch's difference is made a block of rows at a time: of the
         # batch-sized arrays only the kept one is new.
-        weighted = torch.empty_like(prediction)
+        kept = torch.empty_like(prediction)
         rows = max(1, _BLOCK_VALUES // max(1, prediction[0].numel()))
         value = prediction.new_zeros(())
         for start in range(0, len(prediction), rows):
             block = slice(start, start + rows)
             diff = prediction[block] - target[block]
-            torch.mul(diff, weight[block], out=weighted[block])
-            value += torch.dot(diff.reshape(-1), weighted[block].reshape(-1))
-        ctx.save_for_backward(weighted, None)
+            if power == 2:
+                torch.mul(diff, weight[block], out=kept[block])
+            else:
+                torch.sign(diff, out=kept[block]).mul_(weight[block])
+            value += torch.dot(diff.reshape(-1), kept[block].reshape(-1))
+        ctx.save_for_backward(kept, None)
         return value / prediction.numel()
 
     @staticmethod
     def backward(ctx, grad):
-        weighted, diff = ctx.saved_tensors
+        kept, diff = ctx.saved_tensors
         target_shape, weight_shape = ctx.shapes
         # The saved array becomes the gradient, not a fresh batch-sized one
         # (a second backward through the same graph fails torch's check of
         # saved tensors modified in place instead of computing garbage).
-        d_prediction = weighted.mul_(2 * grad / weighted.numel())
+        d_prediction = kept.mul_(ctx.power * grad / kept.numel())
         d_target = d_weight = None
         if ctx.needs_input_grad[1]:
             d_target = (-d_prediction).sum_to_size(target_shape)
         if ctx.needs_input_grad[2]:
-            d_weight = (diff * diff * (grad / diff.numel())).sum_to_size(weight_shape)
+            d_abs = diff * diff if ctx.power == 2 else diff.abs()
+            d_weight = (d_abs * (grad / diff.numel())).sum_to_size(weight_shape)
         if not ctx.needs_input_grad[0]:
             d_prediction = None
-        return d_prediction, d_target, d_weight
+        return d_prediction, d_target, d_weight, None

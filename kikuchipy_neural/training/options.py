@@ -22,10 +22,13 @@ __all__ = [
     "FORMULATION_DEFAULTS",
     "FORMULATION_ONLY",
     "FitOptions",
+    "LOSSES",
     "SAMPLERS",
 ]
 
 SAMPLERS = ("positions", "coordinates")
+# Training losses (see kikuchipy_neural.training.losses.LOSS_FUNCTIONS).
+LOSSES = ("mse", "mae")
 # Numerical precision of training (see kikuchipy_neural.training.accelerate).
 PRECISIONS = ("float32", "tf32", "bf16")
 
@@ -91,6 +94,7 @@ FIXED_ON_RESUME = (
     "pca_samples",
     "warm_start",
     "sampler",
+    "loss",  # the validation loss that picks the best parameters
 )
 
 
@@ -193,6 +197,7 @@ class FitOptions:
     band_top_fraction: float = 0.15
     band_fraction_range: tuple[float, float] = (0.15, 0.5)
     basis_l2: float = 1e-6
+    loss: str = "mse"
     # optimisation
     lr: float = 1e-4
     warmup_steps: int = 4000
@@ -335,6 +340,8 @@ class FitOptions:
             raise ValueError(
                 f"precision must be one of {PRECISIONS}, got {self.precision!r}"
             )
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         positive_ints = (
