@@ -547,6 +547,7 @@ def test_a_step_limit_between_evaluations_still_writes_the_checkpoint(
         ({"siren_width": 32}, "siren_width=32"),
         ({"validation_fraction": 0.2}, "validation_fraction=0.2"),
         ({"sampler": "coordinates"}, "sampler='coordinates'"),
+        ({"loss": "mae"}, "loss='mae'"),  # it picks the parameters kept
         ({"rank": 5}, "keeps the checkpoint's rank"),
         ({"variance": 0.9}, "keeps the checkpoint's rank"),
     ]:

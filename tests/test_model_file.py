@@ -289,13 +289,29 @@ def test_file_structure_is_small(small_model, tmp_path):
         header = bytes(f["header"][()]).decode()
     # 614 bytes per dataset here (10 datasets), 1024 with the global heap.
     assert path.stat().st_size - stored < 700 * n_datasets
-    # The history's floats are written at float32, not with 17 digits.
-    history = header[header.index('"history"') : header.index('"options"')]
-    digits = [
-        len(m.strip("-").replace(".", "").lstrip("0"))
-        for m in re.findall(r"-?\d+\.\d+", history)
-    ]
-    assert digits and max(digits) <= 9
+
+    # The history's floats are written with 4 significant digits at int8
+    # (float16 alike), at float32 in float32 files; not with 17 digits.
+    def history_digits(header: str) -> list[int]:
+        history = header[header.index('"history"') : header.index('"options"')]
+        return [
+            len(m.strip("-").split("e")[0].replace(".", "").strip("0"))
+            for m in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", history)
+        ]
+
+    assert history_digits(header) and max(history_digits(header)) <= 4
+    with h5py.File(small_model.save(tmp_path / "m32.h5", precision="float32")) as f:
+        digits = history_digits(bytes(f["header"][()]).decode())
+    assert 4 < max(digits) <= 9
+    loaded = load_model(path)
+    for key, values in small_model.history.items():
+        if not all(isinstance(v, str) for v in values):
+            np.testing.assert_allclose(
+                np.asarray(loaded.history[key], float),
+                np.asarray(values, float),
+                rtol=5e-4,  # 4 significant digits
+                equal_nan=True,
+            )
 
 
 # ------------------------------------------------------------ lazy loading

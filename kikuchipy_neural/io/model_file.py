@@ -287,7 +287,9 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
         "detector": None,
         "phases": None,
         "spectrum": None,
-        "history": _at_float32(_plain(model.history)),
+        "history": _rounded(
+            _plain(model.history), None if precision == "float32" else 4
+        ),
         "options": _plain(model.options),
         "info": _plain({k: v for k, v in model.info.items() if k != "model_file"}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -457,17 +459,25 @@ def _plain(obj: Any) -> Any:
     )
 
 
-def _at_float32(obj: Any) -> Any:
-    """``obj`` with every float rounded to float32 and written in its
-    shortest form (about 8 significant digits instead of 17): the training
-    history's losses are float32 values anyway, and the rounding takes 2.4 kB
-    off the rank-8 crop model's 101 kB int8 file."""
-    if isinstance(obj, float) and abs(obj) <= _FLOAT32_MAX:  # NaN, inf: kept
-        return float(str(np.float32(obj)))
+def _rounded(obj: Any, digits: int | None) -> Any:
+    """``obj`` with every float written in its shortest form at float32
+    (``digits=None``: about 8 significant digits instead of 17; the training
+    history's losses are float32 values anyway) or at ``digits``
+    significant digits.
+
+    float32 files keep the history at float32. The compact precisions keep 4
+    digits, enough for every plot of a history and 2-3 kB less per file (a
+    history of 266 evaluations: 6.6 kB compressed at float32, 3.8 kB at 4
+    digits), which counts in a 30-90 kB int8 file.
+    """
+    if isinstance(obj, float) and math.isfinite(obj) and abs(obj) <= _FLOAT32_MAX:
+        if digits is None:
+            return float(str(np.float32(obj)))
+        return float(f"{obj:.{digits}g}")
     if isinstance(obj, dict):
-        return {k: _at_float32(v) for k, v in obj.items()}
+        return {k: _rounded(v, digits) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_at_float32(v) for v in obj]
+        return [_rounded(v, digits) for v in obj]
     return obj
 
 
