@@ -474,31 +474,43 @@ def _score_maps_bytes(codes: np.ndarray, shape: tuple[int, int]) -> tuple[int, s
 
 
 def _int8_components(
-    mean: np.ndarray, components: np.ndarray, pattern_shape: tuple[int, int]
+    mean: np.ndarray,
+    components: np.ndarray,
+    pattern_shape: tuple[int, int],
+    mean_bits: int = 8,
 ) -> tuple[np.ndarray, np.ndarray, int, str]:
-    """Mean and components as 8-bit codes with one offset and step each (as
-    int8 model files store their bases, the first of which plays the mean's
-    part), through the best codec, with and without the model file's second
-    differences over each image (``model_file._difference_2d``):
-    dequantised mean and components, bytes and codec.
+    """Components as 8-bit codes with one offset and step each (as int8
+    model files store their bases), the mean likewise (``mean_bits=8``, as
+    the files store their first basis, which plays the mean's part) or as
+    float16 (``mean_bits=16``), through the best codec, with and without
+    the model file's second differences over each 8-bit image
+    (``model_file._difference_2d``): dequantised mean and components, bytes
+    and codec.
 
-    (Until 2026-12-02 the mean was stored as float16: 8.3 kB more at every
-    rank on the crop for 1 count less MAE, a handicap the neural files, whose
-    first basis is 8-bit, did not carry.)
+    The 8-bit mean is 8.3 kB smaller on the crop at every rank; it costs
+    about 1 count at ranks 2-8 and 2 counts at ranks 24-206, where the
+    float16 mean is the better choice from about 300 kB up. (Until
+    2026-12-02 only the float16 mean was tried.)
     """
     from kikuchipy_neural.io.model_file import _difference_2d
 
-    images = np.concatenate([mean[None], components])
+    if mean_bits not in (8, 16):
+        raise ValueError(f"mean_bits must be 8 or 16, got {mean_bits!r}")
+    images = np.concatenate([mean[None], components]) if mean_bits == 8 else components
     codes, lo, step = _quantise(images.T, 8)
     maps = np.ascontiguousarray(codes.T)
-    nbytes, codec = _compress_best(maps.tobytes(), delta_width=1)
+    head = b"" if mean_bits == 8 else mean.astype("<f2").tobytes()
+    nbytes, codec = _compress_best(head + maps.tobytes(), delta_width=1)
     d_bytes, d_codec = _compress_best(
-        _difference_2d(maps, pattern_shape).tobytes(), delta_width=1
+        head + _difference_2d(maps, pattern_shape).tobytes(), delta_width=1
     )
     if d_bytes < nbytes:
         nbytes, codec = d_bytes, f"diff2d+{d_codec}"
     deq = (lo + codes.astype(np.float32) * step).T
-    return deq[0], deq[1:], nbytes + 8 * len(deq), codec
+    nbytes += 8 * len(deq)
+    if mean_bits == 8:
+        return deq[0], deq[1:], nbytes, codec
+    return mean.astype(np.float16).astype(np.float32), deq, nbytes, codec
 
 
 def _one_step(values: np.ndarray, step: float, shape) -> tuple[np.ndarray, int, str]:
@@ -514,7 +526,7 @@ def _one_step(values: np.ndarray, step: float, shape) -> tuple[np.ndarray, int, 
 
 
 def _uniform_step_points(
-    data, mask, rank: int, mean, comps, scores, steps_per_pixel
+    data, mask, rank: int, mean, comps, scores, steps_per_pixel, mean_bits=(8, 16)
 ) -> list[dict]:
     """PCA with int8 components and every score quantised with one step.
 
@@ -524,26 +536,32 @@ def _uniform_step_points(
     at a fixed bit depth gives the leading components coarse steps and the
     trailing ones needlessly fine ones). The step is ``steps_per_pixel``
     times the square root of the pattern's pixel count (a step of ``s``
-    counts per pixel spread over the pattern); codes as ``_one_step``.
+    counts per pixel spread over the pattern); codes as ``_one_step``. The
+    mean at each of ``mean_bits`` (8 and 16: see ``_int8_components``).
     """
     ny, nx = data.shape[:2]
     k = rank - 1
-    m8, c8, comp_bytes, comp_codec = _int8_components(mean, comps[:k], data.shape[2:])
     rows = []
-    for per_pixel in steps_per_pixel:
+    for bits, per_pixel in ((b, s) for b in mean_bits for s in steps_per_pixel):
+        m8, c8, comp_bytes, comp_codec = _int8_components(
+            mean, comps[:k], data.shape[2:], bits
+        )
+        tag = "" if bits == 8 else "_m16"
         step = per_pixel * math.sqrt(comps.shape[1])
         deq, score_bytes, codec = _one_step(scores[:, :k], step, (ny, nx))
         mae = _map_mae(lambda a, b, m=m8, d=deq, c=c8: m + d[a:b] @ c, data, mask)
         # the step and one integer offset per component
         nbytes = comp_bytes + score_bytes + 4 + 4 * k
         rows.append(
-            dict(method="pca_u", label="PCA, int8 mean and components, one-step scores + codec",
-                 name=f"pca_u_r{rank}_s{per_pixel:g}", rank=rank, step_per_pixel=per_pixel,
+            dict(method="pca_u", label="PCA, int8 components, one-step scores + codec",
+                 name=f"pca_u_r{rank}_s{per_pixel:g}{tag}", rank=rank, step_per_pixel=per_pixel,
+                 mean_bits=bits,
                  bytes=nbytes, components_bytes=comp_bytes + 4 + 4 * k, scores_bytes=score_bytes,
                  codec=f"{codec} / {comp_codec}", mae_counts=mae)
         )  # fmt: skip
         print(
-            f"PCA int8, step {per_pixel:g}/px, rank {rank}: {nbytes / 1e6:.3f} MB "
+            f"PCA int8 ({bits}-bit mean), step {per_pixel:g}/px, rank {rank}: "
+            f"{nbytes / 1e6:.3f} MB "
             f"({codec}), MAE {mae:.1f}",
             flush=True,
         )
@@ -551,7 +569,7 @@ def _uniform_step_points(
 
 
 def _pca_points(
-    data, mask, ranks, bits_list, steps_per_pixel=(), seed: int = 0
+    data, mask, ranks, bits_list, steps_per_pixel=(), mean_bits=(8, 16), seed: int = 0
 ) -> list[dict]:
     ny, nx = data.shape[:2]
     mean, comps, scores = _pca(data, max(ranks) - 1, seed)
@@ -593,7 +611,7 @@ def _pca_points(
                 flush=True,
             )
         rows += _uniform_step_points(
-            data, mask, rank, mean, comps, scores, steps_per_pixel
+            data, mask, rank, mean, comps, scores, steps_per_pixel, mean_bits
         )
     return rows
 
@@ -934,7 +952,8 @@ def cmd_evaluate(args) -> None:
         ranks = [int(v) for v in args.pca_ranks.split(",")]
         bits = [int(b) for b in args.bits.split(",")]
         steps = [float(v) for v in args.steps.split(",") if v]
-        rows += _pca_points(data, mask, ranks, bits, steps)
+        mean_bits = [int(v) for v in args.pca_mean_bits.split(",")]
+        rows += _pca_points(data, mask, ranks, bits, steps, mean_bits)
     if not args.skip_lossless:
         rows += _lossless_points(data, args.lossless_fraction)
     for r in rows:
@@ -1101,6 +1120,11 @@ def main(argv=None) -> None:
         "--steps",
         default=DEFAULT_STEPS,
         help="one-step PCA scores (int8 components): steps in counts per pixel",
+    )
+    p.add_argument(
+        "--pca-mean-bits",
+        default="8,16",
+        help="one-step PCA: the mean's bits, 8 (codes) and/or 16 (float16)",
     )
     p.add_argument("--lossless-fraction", type=float, default=0.1)
     p.add_argument(
