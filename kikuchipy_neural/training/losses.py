@@ -4,7 +4,8 @@ Kikuchi bands carry the orientation information but cover a small part of the
 detector, so the loss weighs band pixels twice: a pixel is a band pixel when
 its gradient magnitude is among the top 15 % of its own (smoothed) pattern.
 The paper's loss is the weighted squared error; the weighted absolute error
-(``fit(loss="mae")``) fits the accuracy maps are judged by.
+(``fit(loss="mae")``) is the error maps are judged by, and outlying pixels
+pull it far less.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ def weighted_mae(
     """Mean of ``weight * |prediction - target|`` (``weight`` broadcasts).
 
     The loss of ``fit(loss="mae")``: the mean absolute error is what maps are
-    judged by, and a few outlying pixels (hot pixels, saturated spots) pull
-    it far less than the squared error. Computed like :func:`weighted_mse`,
+    judged by, and a few outlying pixels (dead or saturated pixels, cosmic
+    rays) pull it far less than the squared error. Computed like :func:`weighted_mse`,
     keeping ``weight * sign(prediction - target)``; the gradient at a zero
     difference is 0.
     """
