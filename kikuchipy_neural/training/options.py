@@ -112,7 +112,7 @@ class FitOptions:
         batch that subsamples pixels; ``basis_l2=1e-6`` times ``||B||_F^2``.
         ``loss="mse"``, the band-weighted squared error; ``"mae"`` (ours) the
         band-weighted absolute error, the error maps are judged by (on the
-        real crop 0.7-2.1 % lower map MAE at ranks 2 to 6, in 1.3-2.4x the
+        real crop 0.7-3.8 % lower map MAE at ranks 2 to 8, in 1.3-2.4x the
         steps) and robust to outlying pixels (dead or saturated pixels,
         cosmic rays). Validation, and so early stopping and the parameters
         kept, use the same loss.
