@@ -74,24 +74,31 @@ def test_kth_largest_both_ways_equals_topk():
             assert torch.equal(_kth_largest(values, k, use_numpy), expected)
 
 
-def test_weighted_mse_value_and_gradients_equal_the_formula():
-    from kikuchipy_neural.training.losses import weighted_mse
-
-    rng = np.random.default_rng(1)
+def _assert_loss_equals_formula(loss_fn, formula, rng) -> None:
+    """Value and all three gradients of ``loss_fn`` equal autograd through
+    ``formula(prediction, target, weight)``, for full and broadcast weights."""
     for weight_shape in ((50, 70), (1, 70)):  # full, and broadcast as scores
         ours = [
             torch.from_numpy(rng.random(shape, np.float32)).requires_grad_()
             for shape in ((50, 70), (50, 70), weight_shape)
         ]
         plain = [t.detach().clone().requires_grad_() for t in ours]
-        loss = weighted_mse(*ours)
-        prediction, target, weight = plain
-        expected = (weight * (prediction - target) ** 2).mean()
+        loss = loss_fn(*ours)
+        expected = formula(*plain)
         loss.backward()
         expected.backward()
         torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
         for a, b in zip(ours, plain, strict=True):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-12)
+
+
+def test_weighted_mse_value_and_gradients_equal_the_formula():
+    from kikuchipy_neural.training.losses import weighted_mse
+
+    rng = np.random.default_rng(1)
+    _assert_loss_equals_formula(
+        weighted_mse, lambda p, t, w: (w * (p - t) ** 2).mean(), rng
+    )
     # Only the prediction's gradient, as in training.
     target = torch.rand(50, 70)
     prediction = torch.rand(50, 70, requires_grad=True)
@@ -129,20 +136,9 @@ def test_weighted_mae_value_and_gradients_equal_the_formula():
     from kikuchipy_neural.training.losses import weighted_mae
 
     rng = np.random.default_rng(2)
-    for weight_shape in ((50, 70), (1, 70)):
-        ours = [
-            torch.from_numpy(rng.random(shape, np.float32)).requires_grad_()
-            for shape in ((50, 70), (50, 70), weight_shape)
-        ]
-        plain = [t.detach().clone().requires_grad_() for t in ours]
-        loss = weighted_mae(*ours)
-        prediction, target, weight = plain
-        expected = (weight * (prediction - target).abs()).mean()
-        loss.backward()
-        expected.backward()
-        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
-        for a, b in zip(ours, plain, strict=True):
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-12)
+    _assert_loss_equals_formula(
+        weighted_mae, lambda p, t, w: (w * (p - t).abs()).mean(), rng
+    )
     # Training's case, the difference made in blocks of 7 rows of 50; at a
     # zero difference the gradient is 0.
     target = torch.rand(50, 70)
