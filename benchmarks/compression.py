@@ -541,15 +541,20 @@ def _uniform_step_points(
     """
     ny, nx = data.shape[:2]
     k = rank - 1
+    # The components' codes are the same at every step: coded once per mean.
+    coded = {
+        bits: _int8_components(mean, comps[:k], data.shape[2:], bits)
+        for bits in mean_bits
+    }
     rows = []
     for bits, per_pixel in ((b, s) for b in mean_bits for s in steps_per_pixel):
-        m8, c8, comp_bytes, comp_codec = _int8_components(
-            mean, comps[:k], data.shape[2:], bits
-        )
+        mean_q, comps_q, comp_bytes, comp_codec = coded[bits]
         tag = "" if bits == 8 else "_m16"
         step = per_pixel * math.sqrt(comps.shape[1])
         deq, score_bytes, codec = _one_step(scores[:, :k], step, (ny, nx))
-        mae = _map_mae(lambda a, b, m=m8, d=deq, c=c8: m + d[a:b] @ c, data, mask)
+        mae = _map_mae(
+            lambda a, b, m=mean_q, d=deq, c=comps_q: m + d[a:b] @ c, data, mask
+        )
         # the step and one integer offset per component
         nbytes = comp_bytes + score_bytes + 4 + 4 * k
         rows.append(

@@ -46,7 +46,7 @@ def _instrument(fit_module, peaks: dict[str, float]) -> None:
         original = getattr(fit_module, name)
 
         @functools.wraps(original)
-        def timed(*args, **kwargs):
+        def recorded(*args, **kwargs):
             if name == "refit_bases":  # training ends here
                 peaks["training"] = peak_rss_mb()
                 reset_peak_rss()
@@ -55,7 +55,7 @@ def _instrument(fit_module, peaks: dict[str, float]) -> None:
             reset_peak_rss()
             return result
 
-        setattr(fit_module, name, timed)
+        setattr(fit_module, name, recorded)
 
     for name, phase in _PHASE_ENDS.items():
         wrap(name, phase)
