@@ -387,15 +387,29 @@ def _neural_points(
 
 
 def _payload_bytes(path: str | Path, skip_prefix: str | None = None) -> int:
-    """The model file's arrays (but those named ``skip_prefix...``), each
-    through the baselines' best codec, with no HDF5 structure: the file's
-    bytes had it been coded like PCA's components and scores (HDF5 offers
-    gzip, not lzma). A fairness check on the comparison, not a file anyone
-    can load."""
+    """The model file's arrays (but those named ``skip_prefix...``) and
+    header, each through the baselines' best codec, with no HDF5 structure:
+    the file's bytes had it been coded like PCA's components and scores. A
+    fairness check on the comparison, not a file anyone can load.
+
+    Format-4 files store LZMA streams already (the best of three codings
+    per array, like :func:`_compress_best`): their streams' bytes. Older
+    files (gzip, one dataset per array): each dataset through
+    :func:`_compress_best`.
+    """
     import h5py
 
-    total = 0
+    from kikuchipy_neural.io.model_file import file_summary
+
     with h5py.File(path, "r") as f:
+        if int(f.attrs["format_version"]) >= 4:
+            stored = file_summary(path)["stored_bytes"]
+            return f["header"].id.get_storage_size() + sum(
+                n
+                for name, n in stored.items()
+                if skip_prefix is None or not name.startswith(skip_prefix)
+            )
+        total = 0
         for name in f:
             if skip_prefix is None or not name.startswith(skip_prefix):
                 array = np.asarray(f[name])

@@ -148,6 +148,14 @@ def _human_bytes(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _largest_arrays(stored: dict[str, int], most: int = 4) -> str:
+    """Where a model file's bytes go: its largest arrays, as stored."""
+    largest = sorted(stored.items(), key=lambda kv: -kv[1])[:most]
+    rest = sum(stored.values()) - sum(n for _, n in largest)
+    text = ", ".join(f"{name} {_human_bytes(n)}" for name, n in largest)
+    return text + (f", others {_human_bytes(rest)}" if rest else "")
+
+
 def _distinct_decimals(a: float, b: float, most: int = 4) -> tuple[str, str]:
     """``a`` and ``b`` with one decimal, or as many more (up to ``most``) as
     it takes to tell them apart: a refit "not kept" because it raised the
@@ -472,6 +480,7 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"{s['compression_ratio']:.1f}x smaller than the raw {s['raw_dtype']} patterns "
             f"({_human_bytes(s['raw_bytes'])})",
         ),
+        ("stored", _largest_arrays(s["stored_bytes"])),
         (
             "scan",
             f"{ny} x {nx} points"

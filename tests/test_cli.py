@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kikuchipy_neural import cli
+from kikuchipy_neural.io.model_file import file_summary
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,12 @@ def test_info_prints_the_compression_ratio(small_model, model_path, capsys):
     assert f"{ratio:.1f}x smaller than the raw uint16 patterns" in out
     assert "12 x 12 points" in out and "40 x 40 px" in out
     assert "precision    float32" in out
+    # Where the bytes go: the arrays as stored, the largest first.
+    stored = file_summary(model_path)["stored_bytes"]
+    line = next(row for row in out.splitlines() if row.startswith("stored "))
+    for name in ("network", "bases"):
+        assert f"{name} {cli._human_bytes(stored[name])}" in line
+    assert line.index("network") < line.index("bases")  # 116 vs 21 kB
     refit = small_model.info["refit_bases"]
     assert (
         f"bases refit  least squares on {refit['points']} points, "

@@ -1,19 +1,31 @@
 """The model file: one HDF5 file per :class:`~kikuchipy_neural.NeuralEBSDModel`.
 
-Layout (format version 3)
+Layout (format version 4)
 -------------------------
 Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
 (int), ``package_version``, ``precision`` and ``checksum``
 (``"sha256:<hex>"``); the strings fixed-length UTF-8 (earlier files, formats
-1-3, hold variable-length ones, read alike). Datasets, all at the root:
+1-3, hold variable-length ones, read alike). Two uint8 datasets:
 
 ``header``
-    uint8 bytes of a UTF-8 JSON document: the field's ``config`` (rebuilt
-    with :func:`kikuchipy_neural.fields.build_field`), the scan geometry,
-    the intensity scale, the list of tensors (name, shape, where stored),
-    detector and phases, PCA spectrum scalars, training history (its
-    floats rounded to float32 in float32 files, to 4 significant digits in
-    the others), options and info.
+    A raw LZMA2 stream (:func:`array_codec.compress_text`) of a UTF-8 JSON
+    document: the field's ``config`` (rebuilt with
+    :func:`kikuchipy_neural.fields.build_field`), the scan geometry, the
+    intensity scale, the list of tensors (name, shape, where stored),
+    detector and phases, PCA spectrum scalars, training history (its floats
+    rounded to float32 in float32 files, to 4 significant digits in the
+    others), options and info, and ``storage``: one entry per array below,
+    in name order, with its ``codec`` and stream length in ``bytes``.
+``payload``
+    The arrays below, each as a bounded LZMA stream of its little-endian
+    bytes (:mod:`~kikuchipy_neural.io.array_codec`, the smallest of no
+    coding, LZMA2, and LZMA2 after a byte shuffle), concatenated in name
+    order. Their dtypes and shapes are not stored: they follow from the
+    header's architecture, geometry and precision, and a stream that does
+    not decode to exactly that many bytes is refused.
+
+The arrays:
+
 ``network``
     The field's parameters other than the bases (and, at ``int8``, other
     than the weight matrices in ``network_codes``), flattened and
@@ -30,15 +42,15 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
 ``bases``
     ``(R, n_pixels)`` basis patterns of factorized fields: float32, float16,
     or, for 8-bit quantisation, uint8 codes with per-basis ``bases_offset``
-    and ``bases_step`` (float32). Where the codes gzip smaller that way (the
+    and ``bases_step`` (float32). Where the codes pack smaller that way (the
     header's ``bases_differenced`` is then true), they are stored as their
     second difference over each basis image (``c[i, j] - c[i - 1, j] -
     c[i, j - 1] + c[i - 1, j - 1]`` modulo 256, zero outside the image);
     reading integrates them back exactly. Smooth bases (the mean, the
     leading components) pack up to a fifth tighter so; noisy high-order ones
     do not, which is why it is decided per file: one choice for all bases,
-    as gzip packs rows of one kind better than a mix (choosing per basis
-    made the rank-128 crop model's int8 file 18 kB larger).
+    as a codec packs rows of one kind better than a mix (choosing per basis
+    made the rank-128 crop model's int8 file 18 kB larger under gzip).
 ``detector_pc``, ``scan_positions``, ``spectrum_eigenvalues``
     float64 arrays, present when the model has them.
 ``point_intensity``
@@ -46,14 +58,19 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
     the network's dtype; present when the header's ``point_intensity`` is
     true (see :mod:`kikuchipy_neural.training.point_intensity`).
 
-Format version 1 (0.1.0.dev0 until 2026-12-01) had no ``network_codes``:
-its ``int8`` files keep the whole network in float16. Format version 2
-(until 2026-12-02) stored the 8-bit basis codes as they are. Both are still
-read. Since version 3 the file is written with HDF5 1.10's object formats,
-one chunk per compressed dataset (readers need HDF5 1.10 or newer).
+Formats 1-3 store each array as its own HDF5 dataset of that name (gzip
+and byte shuffle from 4 kB), and the header as plain JSON bytes. Format
+version 1 (0.1.0.dev0 until 2026-12-01) had no ``network_codes``: its
+``int8`` files keep the whole network in float16. Format version 2 (until
+2026-12-02) stored the 8-bit basis codes as they are. Format 3 (until
+2026-12-02) differenced them, gzip deciding. All are still read. Since
+version 3 the file is written with HDF5 1.10's object formats (readers need
+HDF5 1.10 or newer). Format 4 replaced gzip with LZMA and the ten datasets
+with two: on the real crop's models, int8 files 5-12 kB smaller (a quarter
+of the smallest ones).
 
-The checksum is a SHA-256 over every dataset in name order: name, dtype,
-shape, then the little-endian bytes.
+The checksum is a SHA-256 over every array, the header's JSON included, in
+name order: name, dtype, shape, then the little-endian bytes.
 
 Safety
 ------
@@ -63,7 +80,9 @@ dtype, shape and storage (no external files, no virtual datasets, no filter
 other than gzip/shuffle/fletcher32, which would make HDF5 load plugins) have
 been checked against the header, and the header's architecture has been
 built on PyTorch's ``meta`` device (no memory) and checked against size
-limits. Anything unexpected raises ``ValueError`` (content) or ``OSError``
+limits. LZMA streams are decoded with a bound (the header to 64 MiB, each
+array to the bytes its checked shape needs), so a crafted stream cannot
+exhaust memory. Anything unexpected raises ``ValueError`` (content) or ``OSError``
 (unreadable file) naming the problem.
 """
 
@@ -75,7 +94,6 @@ import math
 import os
 import warnings
 import zipfile
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -85,6 +103,7 @@ import numpy as np
 import torch
 
 from kikuchipy_neural.geometry import ScanGeometry
+from kikuchipy_neural.io import array_codec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -96,13 +115,16 @@ __all__ = [
 ]
 
 FORMAT_NAME = "kikuchipy-neural model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # The oldest version this release reads (version 1 lacks network codes,
 # version 2 stores the basis codes undifferenced).
 OLDEST_FORMAT_VERSION = 1
 # The first version whose int8 basis codes may be stored as 2D differences.
 _DIFFERENCED_BASES_FROM = 3
 _DIFFERENCED = "bases_differenced"  # the header's flag
+# The first version that stores its arrays as LZMA streams in one dataset.
+_STREAMS_FROM = 4
+_PAYLOAD = "payload"
 
 #: Storage precisions of :func:`save_model` and what each stores.
 PRECISIONS = {
@@ -137,8 +159,8 @@ _ALLOWED_FILTERS = {
     h5py.h5z.FILTER_FLETCHER32,
 }
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-# Arrays smaller than this are stored contiguous, without compression.
-_COMPRESS_FROM_BYTES = 4096
+# HDF5's limit for a compact dataset is 64 kiB minus its object header.
+_COMPACT_MAX_BYTES = 60_000
 
 
 class ModelFileError(ValueError):
@@ -184,41 +206,62 @@ def save_model(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays, header = _encode(model, precision)
-    arrays["header"] = np.frombuffer(
-        json.dumps(header, allow_nan=True, separators=(",", ":")).encode("utf-8"),
-        np.uint8,
+    _write_file(path, arrays, header, precision)
+    return path
+
+
+def _write_file(
+    path: Path, arrays: dict[str, np.ndarray], header: dict[str, Any], precision: str
+) -> None:
+    """Write ``arrays`` and ``header`` (which gains the ``storage`` list) as a
+    model file at ``path``, through a temporary file renamed at the end."""
+    # Every array as its smallest bounded LZMA stream (array_codec), one
+    # after the other in name order in one dataset: HDF5 has no LZMA filter,
+    # and one dataset instead of ten saves ~5 kB of HDF5 structure.
+    streams, storage = [], []
+    for name in sorted(arrays):
+        codec, stream = array_codec.encode(arrays[name])
+        streams.append(stream)
+        storage.append({"name": name, "codec": codec, "bytes": len(stream)})
+    header = {**header, "storage": storage}
+    header_json = json.dumps(header, allow_nan=True, separators=(",", ":")).encode(
+        "utf-8"
     )
     from kikuchipy_neural import __version__
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        # HDF5 1.10's object formats and one chunk per dataset: about 9 kB
-        # less structure than HDF5 1.8's B-tree chunk indexes, which matters
-        # for the smallest int8 files (100-200 kB).
-        with h5py.File(tmp, "w", libver=("v110", "v110")) as f:
+        # HDF5 1.10's object formats (less structure than HDF5 1.8's), and
+        # metadata not padded to 2 kB blocks: 0.4 kB less.
+        with h5py.File(tmp, "w", libver=("v110", "v110"), meta_block_size=0) as f:
             _set_string_attr(f, "format", FORMAT_NAME)
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
             _set_string_attr(f, "package_version", str(__version__))
             _set_string_attr(f, "precision", precision)
-            _set_string_attr(f, "checksum", _checksum(arrays))
-            for name in sorted(arrays):
-                data = arrays[name]
-                if data.nbytes >= _COMPRESS_FROM_BYTES:
-                    f.create_dataset(
-                        name,
-                        data=data,
-                        chunks=data.shape,
-                        compression="gzip",
-                        compression_opts=9,
-                        shuffle=True,
-                    )
-                else:
-                    f.create_dataset(name, data=data)
+            checksum = _checksum(
+                {**arrays, "header": np.frombuffer(header_json, np.uint8)}
+            )
+            _set_string_attr(f, "checksum", checksum)
+            _write_bytes(f, "header", array_codec.compress_text(header_json))
+            _write_bytes(f, _PAYLOAD, b"".join(streams))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def _write_bytes(f: h5py.File, name: str, data: bytes) -> None:
+    """A uint8 dataset of ``data``: compact (inside its object header) where
+    HDF5 allows, which saves 0.3 kB a dataset; contiguous otherwise."""
+    if len(data) > _COMPACT_MAX_BYTES:
+        f.create_dataset(name, data=np.frombuffer(data, np.uint8))
+        return
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    space = h5py.h5s.create_simple((len(data),))
+    dataset = h5py.h5d.create(f.id, name.encode(), h5py.h5t.STD_U8LE, space, dcpl=dcpl)
+    if data:
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.frombuffer(data, np.uint8))
 
 
 def _set_string_attr(f: h5py.File, name: str, value: str) -> None:
@@ -363,12 +406,11 @@ def _difference_2d(codes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _smaller_of_codes_or_differences(
     codes: np.ndarray, shape: tuple[int, int]
 ) -> tuple[np.ndarray, bool]:
-    """``codes`` or their :func:`_difference_2d`, whichever zlib (gzip's
-    deflate) packs smaller, and whether it is the differences."""
+    """``codes`` or their :func:`_difference_2d`, whichever the file's codec
+    (:func:`array_codec.encode`) packs smaller, and whether it is the
+    differences."""
     diffs = _difference_2d(codes, shape)
-    differenced = len(zlib.compress(diffs.tobytes(), 9)) < len(
-        zlib.compress(codes.tobytes(), 9)
-    )
+    differenced = len(array_codec.encode(diffs)[1]) < len(array_codec.encode(codes)[1])
     return (diffs if differenced else codes), bool(differenced)
 
 
@@ -628,6 +670,7 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
         "n_basis_values": n_bases,
         "file_bytes": int(file_bytes),
         "array_bytes": {k: int(v.nbytes) for k, v in arrays.items() if k != "header"},
+        "stored_bytes": content.stored_bytes,
         "header_bytes": int(arrays["header"].nbytes),
         "raw_dtype": dtype_name,
         "raw_bytes": int(raw_bytes),
@@ -657,9 +700,17 @@ class _Content:
     """Verified content of a model file."""
 
     def __init__(
-        self, header, arrays, geometry, precision, format_version, package_version
+        self,
+        header,
+        arrays,
+        geometry,
+        precision,
+        format_version,
+        package_version,
+        stored_bytes,
     ):
         self.header = header
+        self.stored_bytes = stored_bytes
         self.arrays = arrays
         self.geometry = geometry
         self.precision = precision
@@ -695,25 +746,25 @@ def _read_verified(path: str | os.PathLike) -> _Content:
 def _read_open(f: h5py.File, path: Path) -> _Content:
     attrs = _root_attributes(f, path)
     precision = attrs["precision"]
+    streams = attrs["format_version"] >= _STREAMS_FROM
     members = _check_members(f, path)
     raw_header = _read_dataset(f, "header", np.dtype("u1"), None, path)
+    if streams:
+        try:
+            text = array_codec.decompress_text(
+                raw_header.tobytes(), _MAX_HEADER_BYTES, "the header"
+            )
+        except array_codec.StreamError as err:
+            raise ModelFileError(f"{path}: {err}") from None
+        raw_header = np.frombuffer(text, np.uint8)
     header = _parse_header(raw_header, path)
     geometry = _check_header(header, path)
     expected = _expected_arrays(header, precision, geometry, path)
-    missing = sorted(set(expected) - members)
-    extra = sorted(members - set(expected) - {"header"})
-    if missing:
-        raise ModelFileError(
-            f"{path}: dataset(s) {missing} are missing from the model file"
-        )
-    if extra:
-        raise ModelFileError(
-            f"{path}: unexpected dataset(s) {extra} in the model file; refusing to load "
-            "a file with content this format does not define"
-        )
-    arrays = {"header": raw_header}
-    for name, (dtype, shape) in expected.items():
-        arrays[name] = _read_dataset(f, name, dtype, shape, path)
+    if streams:
+        arrays, stored_bytes = _read_streams(f, header, expected, members, path)
+    else:
+        arrays, stored_bytes = _read_datasets(f, expected, members, path)
+    arrays["header"] = raw_header
     if _checksum(arrays) != attrs["checksum"]:
         raise ModelFileError(
             f"{path}: checksum mismatch, the file's arrays were altered or corrupted "
@@ -748,7 +799,99 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
         precision,
         attrs["format_version"],
         attrs["package_version"],
+        stored_bytes,
     )
+
+
+def _read_datasets(
+    f: h5py.File, expected: dict, members: set[str], path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Formats 1-3: one HDF5 dataset per array."""
+    missing = sorted(set(expected) - members)
+    extra = sorted(members - set(expected) - {"header"})
+    if missing:
+        raise ModelFileError(
+            f"{path}: dataset(s) {missing} are missing from the model file"
+        )
+    if extra:
+        raise ModelFileError(
+            f"{path}: unexpected dataset(s) {extra} in the model file; refusing to load "
+            "a file with content this format does not define"
+        )
+    arrays = {
+        name: _read_dataset(f, name, dtype, shape, path)
+        for name, (dtype, shape) in expected.items()
+    }
+    return arrays, {name: int(f[name].id.get_storage_size()) for name in expected}
+
+
+def _read_streams(
+    f: h5py.File, header: dict, expected: dict, members: set[str], path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Format 4 on: every array an :mod:`array_codec` stream in ``payload``,
+    in name order, as the header's ``storage`` list declares."""
+    extra = sorted(members - {"header", _PAYLOAD})
+    if extra:
+        raise ModelFileError(
+            f"{path}: unexpected dataset(s) {extra} in the model file; refusing to load "
+            "a file with content this format does not define"
+        )
+    if _PAYLOAD not in members:
+        raise ModelFileError(
+            f"{path}: dataset {_PAYLOAD!r} is missing from the model file"
+        )
+    storage = _need(header, "storage", list, path)
+    for entry in storage:
+        if not isinstance(entry, dict):
+            raise ModelFileError(f"{path}: invalid storage entry {entry!r:.80}")
+        _need(entry, "name", str, path, "a storage entry")
+        _need(entry, "codec", str, path, "a storage entry")
+        _need(entry, "bytes", int, path, "a storage entry")
+    names = [e["name"] for e in storage]
+    missing = sorted(set(expected) - set(names))
+    extra = sorted(set(names) - set(expected))
+    if missing:
+        raise ModelFileError(
+            f"{path}: array(s) {missing} are missing from the model file"
+        )
+    if extra:
+        raise ModelFileError(
+            f"{path}: unexpected array(s) {extra} in the model file; refusing to load "
+            "a file with content this format does not define"
+        )
+    if names != sorted(expected):
+        raise ModelFileError(
+            f"{path}: the header's storage list repeats arrays or is out of name order"
+        )
+    for entry in storage:
+        dtype, shape = expected[entry["name"]]
+        nbytes = math.prod(shape) * dtype.itemsize
+        # The writer never stores a stream longer than its array ("none").
+        if not 0 <= entry["bytes"] <= nbytes:
+            raise ModelFileError(
+                f"{path}: array {entry['name']!r} declares a stream of "
+                f"{entry['bytes']} bytes for {nbytes} bytes of data"
+            )
+    total = sum(e["bytes"] for e in storage)
+    payload = _read_dataset(f, _PAYLOAD, np.dtype("u1"), (total,), path)
+    arrays, offset = {}, 0
+    for entry in storage:
+        name = entry["name"]
+        dtype, shape = expected[name]
+        stream = payload[offset : offset + entry["bytes"]].tobytes()
+        offset += entry["bytes"]
+        try:
+            data = array_codec.decode(
+                stream,
+                entry["codec"],
+                math.prod(shape) * dtype.itemsize,
+                dtype.itemsize,
+                f"array {name!r}",
+            )
+        except array_codec.StreamError as err:
+            raise ModelFileError(f"{path}: {err}") from None
+        arrays[name] = np.frombuffer(data, dtype).reshape(shape).copy()
+    return arrays, {e["name"]: e["bytes"] for e in storage}
 
 
 def _root_attributes(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -815,7 +958,13 @@ def _check_members(f: h5py.File, path: Path) -> set[str]:
             raise ModelFileError(
                 f"{path}: {name!r} is a {type(link).__name__}; model files hold no links"
             )
-        if not isinstance(f[name], h5py.Dataset):
+        try:
+            member = f[name]
+        except KeyError as err:
+            # h5py's error for an object header whose checksum fails (a
+            # compact dataset's bytes live there).
+            raise OSError(f"{name!r} cannot be opened: {err}") from None
+        if not isinstance(member, h5py.Dataset):
             raise ModelFileError(
                 f"{path}: {name!r} is not a dataset; model files hold no groups"
             )

@@ -1,0 +1,173 @@
+"""Bounded LZMA streams for the model file's arrays (format version 4).
+
+HDF5 offers gzip as its only built-in general codec (any other filter would
+make HDF5 load a plugin, which :mod:`~kikuchipy_neural.io.model_file` refuses
+for safety), and each HDF5 dataset costs a few hundred bytes of structure.
+Both count in the smallest model files (20-100 kB on the real crop): LZMA
+packs the int8 bases 10-20 % tighter than gzip, and the compression baselines
+of ``benchmarks/compression.py`` use it too. So a format-4 file stores every
+array as a raw LZMA2 stream, all concatenated in one byte dataset, and this
+module is the one place that writes and reads those streams.
+
+Each stream is coded with one of :data:`CODECS`, the smallest for its array:
+``"none"`` (the bytes as they are: tiny arrays, noise), ``"lzma"`` (LZMA2,
+preset 9e) or ``"shuffle-lzma"`` (bytes grouped by their position within
+each value first, as HDF5's shuffle filter does: float arrays pack tighter
+so). The streams are raw LZMA2 (no .xz headers, no check: the model file's
+SHA-256 covers the decoded arrays); the dictionary size is derived from the
+decoded size, which the reader knows from the header before it decodes, so
+a stream can never make the reader allocate or produce more than declared.
+"""
+
+from __future__ import annotations
+
+import lzma
+
+import numpy as np
+
+__all__ = [
+    "CODECS",
+    "StreamError",
+    "compress_text",
+    "decode",
+    "decompress_text",
+    "encode",
+]
+
+#: How an array's bytes can be stored.
+CODECS = ("none", "lzma", "shuffle-lzma")
+
+_PRESET = 9 | lzma.PRESET_EXTREME
+_MIN_DICT = 4096  # liblzma's smallest dictionary
+_MAX_DICT = 64 * 1024**2  # preset 9's
+# The header's JSON is decoded before any size is known: a fixed dictionary.
+_TEXT_DICT = 1024**2
+
+
+class StreamError(ValueError):
+    """A stream that does not decode to exactly its declared bytes."""
+
+
+def _dict_size(nbytes: int) -> int:
+    """The LZMA2 dictionary for ``nbytes`` decoded bytes: no larger than the
+    data needs (a match never reaches further back than the data's start),
+    so that reading a small array allocates little."""
+    return int(min(max(nbytes, _MIN_DICT), _MAX_DICT))
+
+
+def _lzma_filters(nbytes: int, encode: bool) -> list[dict]:
+    lzma2 = {"id": lzma.FILTER_LZMA2, "dict_size": _dict_size(nbytes)}
+    if encode:
+        lzma2["preset"] = _PRESET
+    return [lzma2]
+
+
+def _shuffled(raw: bytes, itemsize: int) -> bytes:
+    return np.frombuffer(raw, np.uint8).reshape(-1, itemsize).T.tobytes()
+
+
+def _unshuffled(raw: bytes, itemsize: int) -> bytes:
+    return np.frombuffer(raw, np.uint8).reshape(itemsize, -1).T.tobytes()
+
+
+def encode(array: np.ndarray) -> tuple[str, bytes]:
+    """The smallest stream of ``array``'s bytes: ``(codec, stream)``.
+
+    ``"none"`` is always a candidate, so a stream is never longer than the
+    array's bytes (the reader relies on it to bound what it reads).
+    """
+    array = np.ascontiguousarray(array)
+    raw = array.tobytes()
+    candidates = {"none": raw}
+    if raw:
+        filters = _lzma_filters(len(raw), encode=True)
+        candidates["lzma"] = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters)
+        if array.itemsize > 1:
+            candidates["shuffle-lzma"] = lzma.compress(
+                _shuffled(raw, array.itemsize),
+                format=lzma.FORMAT_RAW,
+                filters=filters,
+            )
+    codec = min(candidates, key=lambda k: len(candidates[k]))
+    return codec, candidates[codec]
+
+
+def decode(stream: bytes, codec: str, nbytes: int, itemsize: int, what: str) -> bytes:
+    """The ``nbytes`` bytes that ``stream`` encodes with ``codec``.
+
+    Raises
+    ------
+    StreamError
+        Unknown codec, or a stream that is corrupted or decodes to more or
+        fewer bytes than declared (decoding stops at ``nbytes``: a crafted
+        stream cannot exhaust memory). ``what`` names the array in the message.
+    """
+    if codec not in CODECS:
+        raise StreamError(f"{what} is stored with unknown codec {codec!r:.40}")
+    if codec == "none":
+        if len(stream) != nbytes:
+            raise StreamError(
+                f"{what} holds {len(stream)} bytes, but its shape and dtype need {nbytes}"
+            )
+        return bytes(stream)
+    decoder = lzma.LZMADecompressor(
+        format=lzma.FORMAT_RAW, filters=_lzma_filters(nbytes, encode=False)
+    )
+    try:
+        out = decoder.decompress(stream, max_length=nbytes)
+        # At exactly nbytes the end marker may still be pending: one more
+        # byte of output means the stream is longer than declared.
+        if not decoder.eof and len(out) == nbytes:
+            extra = decoder.decompress(b"", max_length=1)
+            if extra:
+                raise StreamError(
+                    f"{what} decodes to more than the {nbytes} bytes its shape "
+                    "and dtype need"
+                )
+    except lzma.LZMAError as err:
+        raise StreamError(f"{what}: its LZMA stream is corrupted ({err})") from None
+    if len(out) != nbytes or not decoder.eof or decoder.unused_data:
+        raise StreamError(
+            f"{what} decodes to {len(out)}{'' if decoder.eof else '+'} bytes"
+            f"{' with trailing data' if decoder.unused_data else ''}, but its shape "
+            f"and dtype need {nbytes} (corrupted or crafted)"
+        )
+    if codec == "shuffle-lzma":
+        if nbytes % itemsize:
+            raise StreamError(
+                f"{what}: {nbytes} bytes are not whole {itemsize}-byte values"
+            )
+        out = _unshuffled(out, itemsize)
+    return out
+
+
+def compress_text(raw: bytes) -> bytes:
+    """An LZMA2 stream of ``raw`` (the header's JSON)."""
+    return lzma.compress(
+        raw,
+        format=lzma.FORMAT_RAW,
+        filters=[{"id": lzma.FILTER_LZMA2, "preset": _PRESET, "dict_size": _TEXT_DICT}],
+    )
+
+
+def decompress_text(stream: bytes, max_bytes: int, what: str) -> bytes:
+    """The bytes of a :func:`compress_text` stream, at most ``max_bytes``.
+
+    Raises
+    ------
+    StreamError
+        A corrupted stream, or one that decodes to more than ``max_bytes``.
+    """
+    decoder = lzma.LZMADecompressor(
+        format=lzma.FORMAT_RAW,
+        filters=[{"id": lzma.FILTER_LZMA2, "dict_size": _TEXT_DICT}],
+    )
+    try:
+        out = decoder.decompress(stream, max_length=max_bytes + 1)
+    except lzma.LZMAError as err:
+        raise StreamError(f"{what} is not an LZMA stream (corrupted?): {err}") from None
+    if len(out) > max_bytes:
+        raise StreamError(f"{what} decodes to more than {max_bytes} bytes")
+    if not decoder.eof or decoder.unused_data:
+        raise StreamError(f"{what} is truncated or has trailing data (corrupted?)")
+    return out
