@@ -371,6 +371,7 @@ def _neural_points(
                     if k.startswith("bases")
                 ),
                 "payload_bytes": _payload_bytes(path),
+                "format_version": summary["format_version"],
                 "mae_counts": mae,
                 "fit_steps": model.info.get("steps"),
                 "fit_seconds": model.info.get("seconds"),
@@ -729,6 +730,31 @@ def _best_at(rows, key, mae_max):
     return min(ok, key=lambda r: r[key]) if ok else None
 
 
+def _budget_segments(rows: list[dict], key: str, upto: float) -> list[tuple]:
+    """Who holds the best file within each budget: ``(start, end, neural?)``
+    ranges of byte budgets, from the smallest file of ``rows`` to ``upto``.
+
+    The best file within a budget is the lowest MAE among the files no
+    larger; it changes only at a file's size, so the ranges start at the
+    sizes of the files on the Pareto front.
+    """
+    segments: list[list] = []
+    for r in _front(rows, key):
+        if r[key] > upto:
+            break
+        neural = r["method"] == "neural"
+        if segments and segments[-1][2] == neural:
+            continue
+        if segments:
+            segments[-1][1] = r[key]
+        segments.append([r[key], upto, neural])
+    return [tuple(s) for s in segments]
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1e3:,.1f} kB" if n < 1e6 else f"{n / 1e6:,.2f} MB"
+
+
 def _point_name(row: dict) -> str:
     """A baseline point in words: its family, rank and quantisation."""
     name = f"{row['label']} rank {row.get('rank', '-')}"
@@ -841,6 +867,17 @@ def _summarise(result: dict) -> str:
                 f"in {first[key]:,} B"
             )
         lines.append(line)
+    # The same question per budget: who has the best file within it.
+    lines.append("")
+    for key, scale_name, neural in checks:
+        upto = max(n[key] for n in neural)
+        segments = _budget_segments(baselines + neural, key, upto)
+        for who, flag in (("a neural file", True), ("a baseline file", False)):
+            ranges = [f"{_kb(a)} to {_kb(b)}" for a, b, n in segments if n is flag]
+            lines.append(
+                f"Budgets ({scale_name}, up to the largest neural file, {_kb(upto)}) "
+                f"whose best file is {who}: {', '.join(ranges) or 'none'}"
+            )
     return "\n".join(lines)
 
 
