@@ -752,7 +752,9 @@ def _budget_segments(rows: list[dict], key: str, upto: float) -> list[tuple]:
 
 
 def _kb(n: float) -> str:
-    return f"{n / 1e3:,.1f} kB" if n < 1e6 else f"{n / 1e6:,.2f} MB"
+    """A size in bytes below 1 MB (two files' sizes may be a few bytes
+    apart), in MB above."""
+    return f"{n:,.0f} B" if n < 1e6 else f"{n / 1e6:,.2f} MB"
 
 
 def _point_name(row: dict) -> str:
