@@ -65,7 +65,9 @@ version 1 (0.1.0.dev0 until 2026-12-01) had no ``network_codes``: its
 2026-12-02) stored the 8-bit basis codes as they are. Format 3 (until
 2026-12-02) differenced them, gzip deciding. All are still read. Since
 version 3 the file is written with HDF5 1.10's object formats (readers need
-HDF5 1.10 or newer). Format 4 replaced gzip with LZMA and the ten datasets
+HDF5 1.10 or newer). Loading an older file and saving it writes the current
+format; an int8 file of format 2 or 3 saved at int8 keeps every parameter
+bit-exact (8-bit codes of decoded values are the codes they came from). Format 4 replaced gzip with LZMA and the ten datasets
 with two: the real crop's models' int8 files 5.1-11.1 kB (13-21 %) smaller
 at ranks 2-8, float16 files 5-11 %, float32 files 3-6 %. Saving takes
 longer (LZMA at preset 9e, each array coded two or three ways): 1.4 s for a
