@@ -635,7 +635,9 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
     The file is fully verified (as by :func:`load_model`) but no network is
     built. The compression ratio compares the file with the raw patterns of
     the training grid in the training data's dtype (``info["data_dtype"]``,
-    uint16 when unknown).
+    uint16 when unknown). ``array_bytes`` gives each array's decoded size,
+    ``stored_bytes`` its size in the file (format 4: its LZMA stream; formats
+    1-3: its dataset's storage).
 
     Returns
     -------
