@@ -361,6 +361,16 @@ class Trainer:
         self.field.train()
         state.best_loss = state.patience_ref = val_loss
         state.best_state = copy.deepcopy(self.field.state_dict())
+        scheduler = self.schedulers[i]
+        if (
+            isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            and self.stages[i].plateau_warmup <= state.step
+        ):
+            # The plateau counts from the stage's start, as its patience
+            # does: else the first evaluation would always count as an
+            # improvement (on the scheduler's initial best, infinity), and
+            # a loss that rose at once would halve the rate one step late.
+            scheduler.best = val_loss
 
     def _evaluate_stage(self, i: int, scheduler, progressbar) -> None:
         stage, state = self.stages[i], self.stage_states[i]
