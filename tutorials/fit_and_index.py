@@ -162,7 +162,7 @@ np.testing.assert_allclose(
 # 8-bit codes (one offset and step per row): half the float16 file for the
 # real crop's models in the benchmarks, for a pattern error far below the
 # noise (2 counts of MAE on ~360). A small model like the quick run's, whose
-# biases, first layer and header weigh more, saves less (about 40 %).
+# biases, first layer and header weigh more, saves less (38 % in fast mode).
 
 # %%
 path8 = model.save(OUT / "model_int8.h5", precision="int8")
