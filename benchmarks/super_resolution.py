@@ -194,7 +194,15 @@ def _scan(d):
     return s
 
 
-def fit(maps: list[str], device: str | None, seeds: list[int]) -> None:
+def fit(
+    maps: list[str],
+    device: str | None,
+    seeds: list[int],
+    options: dict | None = None,
+    tag: str = "",
+) -> None:
+    """Fit each map and seed; ``options`` (fit options) on top of this
+    benchmark's, the models saved with ``tag`` in their names."""
     import torch
 
     from kikuchipy_neural.training.fit import fit as fit_field
@@ -210,8 +218,11 @@ def fit(maps: list[str], device: str | None, seeds: list[int]) -> None:
             device=device,
             seed=seed,
             show_progressbar=False,
-            first_omega_0=float(omega),
-            siren_width=SIREN_WIDTH,
+            **{
+                "first_omega_0": float(omega),
+                "siren_width": SIREN_WIDTH,
+                **(options or {}),
+            },
         )
         seconds = time.perf_counter() - t
         model.field.cpu()
@@ -228,10 +239,10 @@ def fit(maps: list[str], device: str | None, seeds: list[int]) -> None:
                 },
                 "options": model.options,
             },
-            _model_path(name, seed),
+            _model_path(name, seed, tag),
         )
         print(
-            f"{name}, seed {seed}: fitted in {seconds:.0f} s on "
+            f"{name}{tag}, seed {seed}: fitted in {seconds:.0f} s on "
             f"{device or 'default device'}, "
             f"{model.info['steps']} steps ({model.info['stop_reason']}), rank "
             f"{model.rank}, first_omega_0 {omega}",
@@ -239,17 +250,17 @@ def fit(maps: list[str], device: str | None, seeds: list[int]) -> None:
         )
 
 
-def _model_path(name: str, seed: int) -> Path:
-    return OUT / f"{name}_model_seed{seed}.pt"
+def _model_path(name: str, seed: int, tag: str = "") -> Path:
+    return OUT / f"{name}{tag}_model_seed{seed}.pt"
 
 
-def _load_model(name: str, seed: int, geometry):
+def _load_model(name: str, seed: int, geometry, tag: str = ""):
     import torch
 
     from kikuchipy_neural.fields import build_field
     from kikuchipy_neural.model import NeuralEBSDModel
 
-    d = torch.load(_model_path(name, seed), weights_only=False, map_location="cpu")
+    d = torch.load(_model_path(name, seed, tag), weights_only=False, map_location="cpu")
     field = build_field(d["config"])
     field.load_state_dict(d["state"])
     model = NeuralEBSDModel(field, geometry, d["intensity_range"], history=d["history"])
@@ -330,7 +341,7 @@ def _near_boundary(s, name, orientations_measured, known) -> np.ndarray:
     return near
 
 
-def evaluate_map(name: str, seeds: list[int]) -> dict:
+def evaluate_map(name: str, seeds: list[int], tag: str = "") -> dict:
     import torch
 
     from kikuchipy_neural.analysis.interpolation import interpolate_missing
@@ -352,7 +363,7 @@ def evaluate_map(name: str, seeds: list[int]) -> dict:
     models, decode_seconds, sharpen_seconds = {}, [], []
     held_xy = geometry.grid_xy()[held]
     for seed in seeds:
-        models[seed] = _load_model(name, seed, geometry)
+        models[seed] = _load_model(name, seed, geometry, tag)
         t = time.perf_counter()
         decoded = models[seed][0].reconstruct()
         decode_seconds.append(time.perf_counter() - t)
@@ -446,7 +457,7 @@ def evaluate_map(name: str, seeds: list[int]) -> dict:
     )
     model, info = models[seeds[0]]  # the first seed's fit: figure and summary
     result = {
-        "map": name,
+        "map": f"{name}{tag}",
         "shape": list(s.data.shape),
         "n_held": int(held.sum()),
         "n_near": int(near.sum()),
@@ -476,7 +487,7 @@ def evaluate_map(name: str, seeds: list[int]) -> dict:
         result["truth_description"] = repr(truth)
     for key, first in (("neural", neural_keys[0]), ("sharpened", sharpened_keys[0])):
         variants[key], indexed[key] = variants[first], indexed[first]
-    _figure(name, s, known, near, indexed, variants, measured, truth, result)
+    _figure(f"{name}{tag}", s, known, near, indexed, variants, measured, truth, result)
     return result
 
 
@@ -649,16 +660,18 @@ def _table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(maps: list[str], seeds: list[int]) -> None:
+def evaluate(maps: list[str], seeds: list[int], tag: str = "") -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name in maps:
         t = time.perf_counter()
-        results[name] = evaluate_map(name, seeds)
-        print(f"{name}: evaluated in {time.perf_counter() - t:.0f} s", flush=True)
+        results[f"{name}{tag}"] = evaluate_map(name, seeds, tag)
+        print(f"{name}{tag}: evaluated in {time.perf_counter() - t:.0f} s", flush=True)
         path.write_text(json.dumps(results, indent=1))
-    table = _table([results[m] for m in MAPS if m in results])
+    # Each map's untagged run first, then its tagged ones (other fit options).
+    order = sorted(results, key=lambda k: (MAPS.index(k.split("_")[0]), k))
+    table = _table([results[k] for k in order])
     (OUT / "results.md").write_text(table)
     print(table)
 
@@ -675,6 +688,16 @@ def main(argv=None) -> None:
         default="0,1,2,3",
         help="fit seeds (comma-separated): the neural row is their mean",
     )
+    parser.add_argument(
+        "--options",
+        default=None,
+        help='JSON dict of further fit options, e.g. \'{"loss": "mae"}\'',
+    )
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the models', results' and figures' names (with --options)",
+    )
     args = parser.parse_args(argv)
     maps = [m for m in args.maps.split(",") if m]
     seeds = [int(k) for k in args.seeds.split(",") if k]
@@ -684,9 +707,9 @@ def main(argv=None) -> None:
     if args.step in ("prepare", "all"):
         prepare(maps)
     if args.step in ("fit", "all"):
-        fit(maps, args.device, seeds)
+        fit(maps, args.device, seeds, json.loads(args.options or "{}"), args.tag)
     if args.step in ("evaluate", "all"):
-        evaluate(maps, seeds)
+        evaluate(maps, seeds, args.tag)
 
 
 if __name__ == "__main__":
