@@ -367,9 +367,10 @@ class Trainer:
             and self.stages[i].plateau_warmup <= state.step
         ):
             # The plateau counts from the stage's start, as its patience
-            # does: else the first evaluation would always count as an
-            # improvement (on the scheduler's initial best, infinity), and
-            # a loss that rose at once would halve the rate one step late.
+            # does. Else the first evaluation always counted as an
+            # improvement (on the scheduler's initial best, infinity): a loss
+            # that rose at once, then crept down while still above where the
+            # stage began, never halved the rate while the patience ran out.
             scheduler.best = val_loss
 
     def _evaluate_stage(self, i: int, scheduler, progressbar) -> None:
