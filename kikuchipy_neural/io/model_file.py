@@ -67,11 +67,12 @@ version 1 (0.1.0.dev0 until 2026-12-01) had no ``network_codes``: its
 version 3 the file is written with HDF5 1.10's object formats (readers need
 HDF5 1.10 or newer). Loading an older file and saving it writes the current
 format; an int8 file of format 2 or 3 saved at int8 keeps every parameter
-bit-exact (8-bit codes of decoded values are the codes they came from). Format 4 replaced gzip with LZMA and the ten datasets
-with two: the real crop's models' int8 files 5.1-11.1 kB (13-21 %) smaller
-at ranks 2-8, float16 files 5-11 %, float32 files 3-6 %. Saving takes
-longer (LZMA at preset 9e, each array coded two or three ways): 1.4 s for a
-2.2 MB float32 file, against 0.4 s with gzip.
+bit-exact (8-bit codes of decoded values are the codes they came from).
+Format 4 replaced gzip with LZMA and the ten datasets with two: the real
+crop's models' int8 files 5.1-11.1 kB (13-21 %) smaller at ranks 2-8,
+float16 files 5-11 %, float32 files 3-6 %. Saving takes longer (LZMA at
+preset 9e, each array coded two or three ways): 1.4 s for a 2.2 MB float32
+file, against 0.4 s with gzip.
 
 The checksum is a SHA-256 over every array, the header's JSON included, in
 name order: name, dtype, shape, then the little-endian bytes.
@@ -86,8 +87,8 @@ been checked against the header, and the header's architecture has been
 built on PyTorch's ``meta`` device (no memory) and checked against size
 limits. LZMA streams are decoded with a bound (the header to 64 MiB, each
 array to the bytes its checked shape needs), so a crafted stream cannot
-exhaust memory. Anything unexpected raises ``ValueError`` (content) or ``OSError``
-(unreadable file) naming the problem.
+exhaust memory. Anything unexpected raises ``ValueError`` (content) or
+``OSError`` (unreadable file) naming the problem.
 """
 
 from __future__ import annotations
