@@ -336,9 +336,16 @@ def _neural_points(
             )
         xy = model.geometry.grid_xy().reshape(-1, 2)
         tag = "_pi" if with_pi else ""
-        for precision in precisions:
+        for precision_name in precisions:
+            # "int8-balanced": int8 with the bases' steps balanced by their
+            # coefficients (save(balanced_bases=True)).
+            balanced = precision_name == "int8-balanced"
+            precision = "int8" if balanced else precision_name
+            suffix = "int8b" if balanced else precision
             path = model.save(
-                files_dir / f"{source.stem}{tag}_{precision}.h5", precision=precision
+                files_dir / f"{source.stem}{tag}_{suffix}.h5",
+                precision=precision,
+                balanced_bases=balanced,
             )
             m = load_model(path)
             t = time.perf_counter()
@@ -349,7 +356,9 @@ def _neural_points(
             cfg = summary["field"]
             row = {
                 "method": "neural",
-                "label": f"neural{' + point intensity' if with_pi else ''} {precision}",
+                "label": f"neural{' + point intensity' if with_pi else ''} "
+                f"{precision}{' balanced' if balanced else ''}",
+                "balanced_bases": balanced,
                 "point_intensity": with_pi,
                 "point_intensity_bytes": summary["array_bytes"].get(
                     "point_intensity", 0
@@ -440,12 +449,15 @@ def _compress_best(raw: bytes, delta_width: int | None = None) -> tuple[int, str
 
 
 def _quantise(
-    scores: np.ndarray, bits: int
+    scores: np.ndarray, bits: int, min_steps: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Affine quantisation per component (column): codes, offsets, steps."""
+    """Affine quantisation per component (column): codes, offsets, steps
+    (no finer than ``min_steps``, one per column, where given)."""
     lo = scores.min(axis=0)
     levels = 2**bits - 1
     step = (scores.max(axis=0) - lo) / levels
+    if min_steps is not None:
+        step = np.maximum(step, min_steps)
     step = np.where(step > 0, step, 1.0).astype(np.float32)
     codes = np.clip(np.rint((scores - lo) / step), 0, levels).astype(np.uint8)
     return codes, lo.astype(np.float32), step
@@ -493,6 +505,7 @@ def _int8_components(
     components: np.ndarray,
     pattern_shape: tuple[int, int],
     mean_bits: int = 8,
+    score_rms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, str]:
     """Components as 8-bit codes with one offset and step each (as int8
     model files store their bases), the mean likewise (``mean_bits=8``, as
@@ -506,13 +519,24 @@ def _int8_components(
     about 1 count at ranks 2-8 and 2 counts at ranks 24-206, where the
     float16 mean is the better choice from about 300 kB up. (Until
     2026-12-02 only the float16 mean was tried.)
+
+    ``score_rms`` (one per component): balance the 8-bit images' steps by
+    the RMS of their weights (the mean's is 1), as int8 model files do with
+    ``save(balanced_bases=True)`` (``model_file._balanced_basis_steps``).
     """
-    from kikuchipy_neural.io.model_file import _difference_2d
+    from kikuchipy_neural.io.model_file import (
+        _balanced_basis_steps,
+        _difference_2d,
+    )
 
     if mean_bits not in (8, 16):
         raise ValueError(f"mean_bits must be 8 or 16, got {mean_bits!r}")
     images = np.concatenate([mean[None], components]) if mean_bits == 8 else components
-    codes, lo, step = _quantise(images.T, 8)
+    min_steps = None
+    if score_rms is not None:
+        weights = np.concatenate([[1.0], score_rms]) if mean_bits == 8 else score_rms
+        min_steps = _balanced_basis_steps(images, weights)
+    codes, lo, step = _quantise(images.T, 8, min_steps)
     maps = np.ascontiguousarray(codes.T)
     head = b"" if mean_bits == 8 else mean.astype("<f2").tobytes()
     nbytes, codec = _compress_best(head + maps.tobytes(), delta_width=1)
@@ -541,7 +565,15 @@ def _one_step(values: np.ndarray, step: float, shape) -> tuple[np.ndarray, int, 
 
 
 def _uniform_step_points(
-    data, mask, rank: int, mean, comps, scores, steps_per_pixel, mean_bits=(8, 16)
+    data,
+    mask,
+    rank: int,
+    mean,
+    comps,
+    scores,
+    steps_per_pixel,
+    mean_bits=(8, 16),
+    balanced=(False, True),
 ) -> list[dict]:
     """PCA with int8 components and every score quantised with one step.
 
@@ -552,19 +584,25 @@ def _uniform_step_points(
     trailing ones needlessly fine ones). The step is ``steps_per_pixel``
     times the square root of the pattern's pixel count (a step of ``s``
     counts per pixel spread over the pattern); codes as ``_one_step``. The
-    mean at each of ``mean_bits`` (8 and 16: see ``_int8_components``).
+    mean at each of ``mean_bits`` (8 and 16: see ``_int8_components``), the
+    components' steps by their ranges and (``balanced``) balanced by the
+    scores' RMS, as ``save(balanced_bases=True)`` balances a model's bases.
     """
     ny, nx = data.shape[:2]
     k = rank - 1
+    rms = np.sqrt(np.mean(np.square(scores[:, :k], dtype=np.float64), axis=0))
     # The components' codes are the same at every step: coded once per mean.
     coded = {
-        bits: _int8_components(mean, comps[:k], data.shape[2:], bits)
+        (bits, b): _int8_components(
+            mean, comps[:k], data.shape[2:], bits, rms if b else None
+        )
         for bits in mean_bits
+        for b in balanced
     }
     rows = []
-    for bits, per_pixel in ((b, s) for b in mean_bits for s in steps_per_pixel):
-        mean_q, comps_q, comp_bytes, comp_codec = coded[bits]
-        tag = "" if bits == 8 else "_m16"
+    for (bits, b), per_pixel in ((c, s) for c in coded for s in steps_per_pixel):
+        mean_q, comps_q, comp_bytes, comp_codec = coded[bits, b]
+        tag = ("" if bits == 8 else "_m16") + ("_b" if b else "")
         step = per_pixel * math.sqrt(comps.shape[1])
         deq, score_bytes, codec = _one_step(scores[:, :k], step, (ny, nx))
         mae = _map_mae(
@@ -575,12 +613,13 @@ def _uniform_step_points(
         rows.append(
             dict(method="pca_u", label="PCA, int8 components, one-step scores + codec",
                  name=f"pca_u_r{rank}_s{per_pixel:g}{tag}", rank=rank, step_per_pixel=per_pixel,
-                 mean_bits=bits,
+                 mean_bits=bits, balanced_components=b,
                  bytes=nbytes, components_bytes=comp_bytes + 4 + 4 * k, scores_bytes=score_bytes,
                  codec=f"{codec} / {comp_codec}", mae_counts=mae)
         )  # fmt: skip
         print(
-            f"PCA int8 ({bits}-bit mean), step {per_pixel:g}/px, rank {rank}: "
+            f"PCA int8 ({bits}-bit mean{', balanced' if b else ''}), "
+            f"step {per_pixel:g}/px, rank {rank}: "
             f"{nbytes / 1e6:.3f} MB "
             f"({codec}), MAE {mae:.1f}",
             flush=True,
@@ -589,7 +628,14 @@ def _uniform_step_points(
 
 
 def _pca_points(
-    data, mask, ranks, bits_list, steps_per_pixel=(), mean_bits=(8, 16), seed: int = 0
+    data,
+    mask,
+    ranks,
+    bits_list,
+    steps_per_pixel=(),
+    mean_bits=(8, 16),
+    balanced=(False, True),
+    seed: int = 0,
 ) -> list[dict]:
     ny, nx = data.shape[:2]
     mean, comps, scores = _pca(data, max(ranks) - 1, seed)
@@ -631,7 +677,7 @@ def _pca_points(
                 flush=True,
             )
         rows += _uniform_step_points(
-            data, mask, rank, mean, comps, scores, steps_per_pixel, mean_bits
+            data, mask, rank, mean, comps, scores, steps_per_pixel, mean_bits, balanced
         )
     return rows
 
@@ -1011,7 +1057,8 @@ def cmd_evaluate(args) -> None:
         bits = [int(b) for b in args.bits.split(",")]
         steps = [float(v) for v in args.steps.split(",") if v]
         mean_bits = [int(v) for v in args.pca_mean_bits.split(",")]
-        rows += _pca_points(data, mask, ranks, bits, steps, mean_bits)
+        balanced = [v == "balanced" for v in args.pca_component_steps.split(",")]
+        rows += _pca_points(data, mask, ranks, bits, steps, mean_bits, balanced)
     if not args.skip_lossless:
         rows += _lossless_points(data, args.lossless_fraction)
     for r in rows:
@@ -1171,7 +1218,12 @@ def main(argv=None) -> None:
     p.add_argument(
         "--out", default=str(OUT), help="the re-saved model files go to OUT/files"
     )
-    p.add_argument("--precisions", default="float32,float16,int8")
+    p.add_argument(
+        "--precisions",
+        default="float32,float16,int8,int8-balanced",
+        help="model-file precisions; int8-balanced: int8 with "
+        "save(balanced_bases=True)",
+    )
     p.add_argument("--pca-ranks", default=DEFAULT_PCA_RANKS)
     p.add_argument("--bits", default="4,6,8", help="bit depths of quantised PCA scores")
     p.add_argument(
@@ -1183,6 +1235,13 @@ def main(argv=None) -> None:
         "--pca-mean-bits",
         default="8,16",
         help="one-step PCA: the mean's bits, 8 (codes) and/or 16 (float16)",
+    )
+    p.add_argument(
+        "--pca-component-steps",
+        default="range,balanced",
+        choices=["range", "balanced", "range,balanced", "balanced,range"],
+        help="one-step PCA: the 8-bit images' steps by their ranges and/or "
+        "balanced by the scores' RMS (as save(balanced_bases=True))",
     )
     p.add_argument("--lossless-fraction", type=float, default=0.1)
     p.add_argument(

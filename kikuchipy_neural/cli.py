@@ -265,6 +265,13 @@ _PRECISION_HELP = (
         arg("--seed", type=int, default=0, help="random seed (default 0)"),
         arg("--precision", default="float16", help=_PRECISION_HELP),
         arg(
+            "--balanced-bases",
+            action="store_true",
+            help="with --precision int8: quantise each basis with a step "
+            "inversely proportional to its coefficient's RMS (a smaller file "
+            "for a little more error)",
+        ),
+        arg(
             "--option",
             action="append",
             default=[],
@@ -300,6 +307,10 @@ def _fit(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}"
         )
+    if args.balanced_bases and args.precision != "int8":
+        raise CLIError("--balanced-bases needs --precision int8")
+    if args.balanced_bases and args.formulation != "factorized":
+        raise CLIError("--balanced-bases needs a factorized model (no bases otherwise)")
     options = dict(parse_option(o) for o in args.option)
     if args.checkpoint is not None:
         options["checkpoint"] = args.checkpoint
@@ -324,7 +335,9 @@ def _fit(args: argparse.Namespace) -> int:
             resume=args.resume,
             **options,
         )
-    path = model.save(args.out, precision=args.precision)
+    path = model.save(
+        args.out, precision=args.precision, balanced_bases=args.balanced_bases
+    )
     if not args.quiet:
         print(f"{model}\nsaved to {path}")
         _print_summary(_summary(path))

@@ -256,7 +256,13 @@ class NeuralEBSDModel:
 
     # ------------------------------------------------------------------ file
 
-    def save(self, path, precision: str = "float16", overwrite: bool = True):
+    def save(
+        self,
+        path,
+        precision: str = "float16",
+        overwrite: bool = True,
+        balanced_bases: bool = False,
+    ):
         """Write the model to one HDF5 file (no pickle: loading runs no code).
 
         Parameters
@@ -269,6 +275,12 @@ class NeuralEBSDModel:
             :data:`kikuchipy_neural.io.model_file.PRECISIONS`.
         overwrite
             Replace an existing file.
+        balanced_bases
+            At ``precision="int8"``: each basis quantised with a step
+            inversely proportional to the RMS of its coefficient, so that
+            every basis adds the same error to the patterns; bases with small
+            coefficients then pack tighter (the real crop's rank-3 model:
+            27 % smaller for 0.4 % more MAE). Factorized models only.
 
         Returns
         -------
@@ -278,7 +290,13 @@ class NeuralEBSDModel:
         """
         from kikuchipy_neural.io.model_file import save_model
 
-        return save_model(self, path, precision=precision, overwrite=overwrite)
+        return save_model(
+            self,
+            path,
+            precision=precision,
+            overwrite=overwrite,
+            balanced_bases=balanced_bases,
+        )
 
     # ----------------------------------------------------------- consistency
 

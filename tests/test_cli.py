@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kikuchipy_neural import cli
+from kikuchipy_neural.io import model_file
 from kikuchipy_neural.io.model_file import file_summary
 
 
@@ -172,8 +173,9 @@ def test_fit_from_a_pattern_file(small_map, tmp_path, capsys):
     code = cli.main(
         [
             "fit", str(scan), "--out", str(out), "--rank", "3", "--max-steps", "15",
-            "--precision", "int8", "--option", "siren_width=16", "--option", "siren_layers=2",
-            "--option", "eval_every=5", "--option", "band_fraction_range=(0.1, 0.4)",
+            "--precision", "int8", "--balanced-bases", "--option", "siren_width=16",
+            "--option", "siren_layers=2", "--option", "eval_every=5",
+            "--option", "band_fraction_range=(0.1, 0.4)",
         ]
     )  # fmt: skip
     assert code == 0
@@ -186,6 +188,11 @@ def test_fit_from_a_pattern_file(small_map, tmp_path, capsys):
     assert model.options["band_fraction_range"] == [0.1, 0.4]
     assert model.info["steps"] == 15
     assert model.info["model_file"]["precision"] == "int8"
+    # --balanced-bases: every basis's step times its coefficient's RMS alike.
+    # (The RMS of the loaded model's 8-bit network, within a few per cent.)
+    steps = model_file._read_verified(out).arrays["bases_step"]
+    contributions = model_file._coefficient_rms(model) * steps
+    np.testing.assert_allclose(contributions, contributions.max(), rtol=0.05)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")
@@ -237,6 +244,7 @@ def test_fit_rejects_unknown_options_before_reading(tmp_path, capsys):
     assert "did you mean 'siren_width'" in capsys.readouterr().err
     assert cli.main(["fit", "x.h5", "--out", "m.h5", "--option", "novalue"]) == 2
     assert cli.main(["fit", "x.h5", "--out", "m.h5", "--precision", "int4"]) == 2
+    assert cli.main(["fit", "x.h5", "--out", "m.h5", "--balanced-bases"]) == 2
 
 
 def test_a_missing_output_folder_fails_before_the_work(model_path, tmp_path, capsys):

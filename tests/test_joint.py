@@ -509,3 +509,8 @@ def test_save_load_round_trip(joint_model, joint_map, tmp_path):
         lazy.data[:2].compute(), joint_model.reconstruct()[:2], rtol=1e-5, atol=1e-2
     )
     assert lazy.neural_model.formulation == "joint"
+
+
+def test_balanced_bases_need_a_factorized_model(joint_model, tmp_path):
+    with pytest.raises(ValueError, match="factorized model"):
+        joint_model.save(tmp_path / "m.h5", precision="int8", balanced_bases=True)

@@ -354,6 +354,66 @@ def test_lower_precisions_are_smaller(small_model, tmp_path):
     assert sizes["float32"] > sizes["float16"] > sizes["int8"]
 
 
+def test_balanced_basis_steps_equalise_the_bases_errors():
+    bases = np.array([[0.0, 2.55, 1.0], [0.0, 0.255, 0.1], [0.0, 0.51, 0.2]])
+    # The mean's 8-bit step, 0.01 at weight 1, is the largest error: the
+    # other bases get steps that give the same error at their weights.
+    steps = model_file._balanced_basis_steps(bases, np.array([1.0, 0.5, 0.0]))
+    np.testing.assert_allclose(steps, [0.01, 0.02, 0.51])
+    # A basis whose 8-bit step gives the largest error keeps it; the others
+    # are coarsened to match.
+    steps = model_file._balanced_basis_steps(bases, np.array([1.0, 20.0, 4.0]))
+    np.testing.assert_allclose(steps, [0.02, 0.001, 0.005])
+
+
+def test_balanced_bases_keep_the_errors_bounded_and_pack_tighter(small_model, tmp_path):
+    plain = small_model.save(tmp_path / "int8.h5", precision="int8")
+    balanced = small_model.save(
+        tmp_path / "balanced.h5", precision="int8", balanced_bases=True
+    )
+    header, arrays = _stored(balanced)
+    _, plain_arrays = _stored(plain)
+    bases = _state(small_model)["bases"]
+    rms = model_file._coefficient_rms(small_model)
+    ranges = np.ptp(bases, axis=1)
+    step = arrays["bases_step"].astype(np.float64)
+    # Every basis adds the same error (rms * step), the largest that 256
+    # codes over a basis's range give; none is finer than 256 codes allow.
+    np.testing.assert_allclose(rms * step, np.max(rms * ranges / 255), rtol=1e-5)
+    assert np.all(step >= ranges / 255 * (1 - 1e-6))
+    assert np.sum(step > ranges / 255 * 1.01) >= 1  # some basis was coarsened
+    # The network is coded as in a plain int8 file: only the bases differ.
+    np.testing.assert_array_equal(
+        arrays["network_codes"], plain_arrays["network_codes"]
+    )
+    assert balanced.stat().st_size < plain.stat().st_size
+    # Each basis value within half its step; so each pattern within
+    # sum_k |A_k| * (half a balanced step + half a plain one) of the plain
+    # file's, in counts.
+    a = load_model(balanced)
+    b = load_model(plain)
+    decoded = _state(a)["bases"]
+    assert np.all(np.abs(decoded - bases) <= step[:, None] / 2 * (1 + 1e-4) + 1e-12)
+    xy = small_model.geometry.grid_xy().reshape(-1, 2)
+    with torch.no_grad():
+        coeffs = b.field.coefficients(
+            torch.from_numpy(small_model.geometry.normalize(xy))
+        ).numpy()
+    lo, hi = small_model.intensity_range
+    bound = np.abs(coeffs) @ ((step + ranges / 255) / 2) * (hi - lo)
+    err = np.abs(a.reconstruct() - b.reconstruct()).reshape(len(xy), -1)
+    assert np.all(err.max(axis=1) <= bound * (1 + 1e-3) + 1e-3)
+    assert err.max() > 0
+    # The same format: any reader of int8 files reads it.
+    assert header["tensors"] == _stored(plain)[0]["tensors"]
+
+
+def test_balanced_bases_need_int8(small_model, tmp_path):
+    with pytest.raises(ValueError, match="needs precision='int8'"):
+        small_model.save(tmp_path / "m.h5", precision="float16", balanced_bases=True)
+    assert not (tmp_path / "m.h5").exists()
+
+
 def test_save_arguments(small_model, tmp_path):
     path = tmp_path / "m.h5"
     with pytest.raises(ValueError, match="precision must be one of"):

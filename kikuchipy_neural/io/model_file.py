@@ -42,7 +42,9 @@ The arrays:
 ``bases``
     ``(R, n_pixels)`` basis patterns of factorized fields: float32, float16,
     or, for 8-bit quantisation, uint8 codes with per-basis ``bases_offset``
-    and ``bases_step`` (float32). Where the codes pack smaller that way (the
+    and ``bases_step`` (float32; 256 codes over each basis's range, or
+    coarser steps balanced by the coefficients with
+    ``save_model(balanced_bases=True)``: the reader does not care). Where the codes pack smaller that way (the
     header's ``bases_differenced`` is then true), they are stored as their
     second difference over each basis image (``c[i, j] - c[i - 1, j] -
     c[i, j - 1] + c[i - 1, j - 1]`` modulo 256, zero outside the image);
@@ -177,7 +179,11 @@ class ModelFileError(ValueError):
 
 
 def save_model(
-    model, path: str | os.PathLike, precision: str = "float16", overwrite: bool = True
+    model,
+    path: str | os.PathLike,
+    precision: str = "float16",
+    overwrite: bool = True,
+    balanced_bases: bool = False,
 ) -> Path:
     """Write ``model`` to one HDF5 file.
 
@@ -194,6 +200,16 @@ def save_model(
         :data:`PRECISIONS`.
     overwrite
         Replace an existing file; False raises ``FileExistsError``.
+    balanced_bases
+        At ``precision="int8"``, quantise each basis with a step inversely
+        proportional to the RMS of its coefficient over the scan
+        (:func:`_balanced_basis_steps`), so that every basis adds as much
+        error to the decoded patterns as the coarsest one does with 256
+        codes over its range (usually the mean pattern, whose coefficient is
+        1). Bases with small coefficients then use fewer distinct codes,
+        which pack tighter. The file format is the same. Default False:
+        every basis spans its range with 256 codes. Only for factorized
+        models (a joint field has no bases).
 
     Returns
     -------
@@ -204,13 +220,22 @@ def save_model(
         raise ValueError(
             f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}"
         )
+    if balanced_bases and precision != "int8":
+        raise ValueError(
+            f"balanced_bases quantises the bases' 8-bit codes: it needs "
+            f"precision='int8', got {precision!r}"
+        )
+    if balanced_bases and getattr(model, "formulation", None) != "factorized":
+        raise ValueError(
+            "balanced_bases needs a factorized model (a joint field has no bases)"
+        )
     path = Path(path)
     if not path.parent.is_dir():
         # Else h5py's error names the temporary file, not the user's path.
         raise FileNotFoundError(f"Cannot write {path}: no folder {path.parent}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    arrays, header = _encode(model, precision)
+    arrays, header = _encode(model, precision, balanced_bases)
     _write_file(path, arrays, header, precision)
     return path
 
@@ -281,7 +306,9 @@ def _set_string_attr(f: h5py.File, name: str, value: str) -> None:
     f.attrs.create(name, np.array(data, h5py.string_dtype("utf-8", len(data))))
 
 
-def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _encode(
+    model, precision: str, balanced_bases: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The model as named little-endian arrays and a JSON-able header."""
     state = {
         k: v.detach().to("cpu", torch.float32)
@@ -297,7 +324,10 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
         if name == _BASES and value.ndim == 2:
             entry["dataset"] = _BASES
             bases, differenced = _encode_bases(
-                value.numpy(), precision, model.geometry.pattern_shape
+                value.numpy(),
+                precision,
+                model.geometry.pattern_shape,
+                _coefficient_rms(model) if balanced_bases else None,
             )
             arrays.update(bases)
         elif (
@@ -366,29 +396,83 @@ def _encode(model, precision: str) -> tuple[dict[str, np.ndarray], dict[str, Any
 
 
 def _encode_bases(
-    bases: np.ndarray, precision: str, pattern_shape: tuple[int, int]
+    bases: np.ndarray,
+    precision: str,
+    pattern_shape: tuple[int, int],
+    coefficient_rms: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], bool | None]:
     """The bases' datasets, and (int8 only) whether the codes are stored as
-    their 2D differences."""
+    their 2D differences. ``coefficient_rms`` (int8 only): balance the
+    bases' steps by it (:func:`_balanced_basis_steps`)."""
     if precision == "float32":
         return {_BASES: bases.astype("<f4")}, None
     if precision == "float16":
         return {_BASES: bases.astype("<f2")}, None
-    codes, lo, step = _quantise_rows(bases)
+    min_steps = None
+    if coefficient_rms is not None:
+        min_steps = _balanced_basis_steps(bases, coefficient_rms)
+    codes, lo, step = _quantise_rows(bases, min_steps)
     stored, differenced = _smaller_of_codes_or_differences(codes, pattern_shape)
     return {_BASES: stored, "bases_offset": lo, "bases_step": step}, differenced
 
 
-def _quantise_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# Scan points whose coefficients set the balanced bases' steps (evenly
+# spread over the scan): enough for a stable RMS, bounded time on any map.
+_BALANCE_POINTS = 65_536
+
+
+@torch.no_grad()
+def _coefficient_rms(model) -> np.ndarray:
+    """RMS of each basis's coefficient ``A_k(x, y)`` over the scan's points
+    (up to :data:`_BALANCE_POINTS` of them, evenly spread), float64 ``(R,)``;
+    the first, the mean pattern's constant 1, gives 1."""
+    g = model.geometry
+    n = min(g.n_points, _BALANCE_POINTS)
+    index = np.unique(np.linspace(0, g.n_points - 1, n).round().astype(np.int64))
+    xy = torch.from_numpy(g.normalize(g.index_to_xy(index)))
+    squares = 0.0
+    for start in range(0, len(xy), 8192):
+        a = model.field.coefficients(xy[start : start + 8192].to(model.device))
+        squares = squares + a.double().square().sum(dim=0).cpu()
+    return np.sqrt(np.asarray(squares) / len(xy))
+
+
+def _balanced_basis_steps(bases: np.ndarray, coefficient_rms: np.ndarray) -> np.ndarray:
+    """Smallest quantisation steps of ``bases`` ``(R, n_pixels)`` that give
+    every basis the same error in the decoded patterns.
+
+    A pattern is ``sum_k A_k bases[k]``, so a step ``d_k`` of basis ``k``
+    adds an error of spread ``rms(A_k) * d_k / sqrt(12)`` to it (the bases'
+    rounding errors are independent): equal spreads, ``d_k`` proportional
+    to ``1 / rms(A_k)``, give the least error for the bytes (a basis whose
+    coefficient is small needs few distinct codes). The common spread is
+    the largest that 256 codes over each basis's range give, usually the
+    mean pattern's; no basis gets a finer step than 256 codes allow (see
+    :func:`_quantise_rows`). A basis whose coefficient is zero everywhere
+    gets its whole range as its step.
+    """
+    rms = np.asarray(coefficient_rms, np.float64)
+    ranges = np.ptp(np.asarray(bases, np.float64), axis=1)
+    unit = float(np.max(rms * ranges / 255.0))
+    return np.where(rms > 0, unit / np.maximum(rms, 1e-300), ranges)
+
+
+def _quantise_rows(
+    values: np.ndarray, min_steps: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """8-bit codes of a 2D array, affine per row: ``(codes, offset, step)``.
 
     Each row gets its own range: a basis (the mean pattern's range is far
     larger than a high-order component's) or a neuron's input weights. The
     value ``offset + code * step`` is at most half a step from the original.
+    ``min_steps`` (one per row) coarsens rows' steps beyond what 256 codes
+    over their range need (:func:`_balanced_basis_steps`).
     """
     values = np.asarray(values, np.float32)
     lo = values.min(axis=1)
     step = (values.max(axis=1) - lo) / 255.0
+    if min_steps is not None:
+        step = np.maximum(step, np.asarray(min_steps, np.float64))
     step = np.where(step > 0, step, 1.0).astype("<f4")
     codes = np.rint((values - lo[:, None]) / step[:, None])
     return np.clip(codes, 0, 255).astype(np.uint8), lo.astype("<f4"), step
