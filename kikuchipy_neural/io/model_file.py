@@ -44,11 +44,12 @@ The arrays:
     or, for 8-bit quantisation, uint8 codes with per-basis ``bases_offset``
     and ``bases_step`` (float32; 256 codes over each basis's range, or
     coarser steps balanced by the coefficients with
-    ``save_model(balanced_bases=True)``: the reader does not care). Where the codes pack smaller that way (the
-    header's ``bases_differenced`` is then true), they are stored as their
-    second difference over each basis image (``c[i, j] - c[i - 1, j] -
-    c[i, j - 1] + c[i - 1, j - 1]`` modulo 256, zero outside the image);
-    reading integrates them back exactly. Smooth bases (the mean, the
+    ``save_model(balanced_bases=True)``: the reader does not care). Where
+    the codes pack smaller that way (the header's ``bases_differenced`` is
+    then true), they are stored as their second difference over each basis
+    image (``c[i, j] - c[i - 1, j] - c[i, j - 1] + c[i - 1, j - 1]`` modulo
+    256, zero outside the image); reading integrates them back exactly.
+    Smooth bases (the mean, the
     leading components) pack up to a fifth tighter so; noisy high-order ones
     do not, which is why it is decided per file: one choice for all bases,
     as a codec packs rows of one kind better than a mix (choosing per basis
