@@ -267,9 +267,9 @@ _PRECISION_HELP = (
         arg(
             "--balanced-bases",
             action="store_true",
-            help="with --precision int8: quantise each basis with a step "
-            "inversely proportional to its coefficient's RMS (a smaller file "
-            "for a little more error)",
+            help="with --precision int8: quantise the bases with steps "
+            "inversely proportional to their coefficients' RMS (a smaller "
+            "file for a little more error)",
         ),
         arg(
             "--option",

@@ -276,11 +276,12 @@ class NeuralEBSDModel:
         overwrite
             Replace an existing file.
         balanced_bases
-            At ``precision="int8"``: each basis quantised with a step
-            inversely proportional to the RMS of its coefficient, so that
-            every basis adds the same error to the patterns; bases with small
-            coefficients then pack tighter (the real crop's rank-3 model:
-            27 % smaller for 0.4 % more MAE). Factorized models only.
+            At ``precision="int8"``: the bases quantised with steps inversely
+            proportional to the RMS of their coefficients, so that each adds
+            the same error to the patterns (in total twice the variance of
+            256 codes per basis); bases with small coefficients then pack
+            tighter (the real crop's rank-3 model: 24 % smaller for 0.2 %
+            more MAE). Factorized models only.
 
         Returns
         -------

@@ -188,11 +188,13 @@ def test_fit_from_a_pattern_file(small_map, tmp_path, capsys):
     assert model.options["band_fraction_range"] == [0.1, 0.4]
     assert model.info["steps"] == 15
     assert model.info["model_file"]["precision"] == "int8"
-    # --balanced-bases: every basis's step times its coefficient's RMS alike.
-    # (The RMS of the loaded model's 8-bit network, within a few per cent.)
+    # --balanced-bases: the bases' rounding errors (step times coefficient
+    # RMS) add up to twice the variance of 256 codes over each basis's range
+    # (the RMS of the loaded model's 8-bit network: within a few per cent).
     steps = model_file._read_verified(out).arrays["bases_step"]
-    contributions = model_file._coefficient_rms(model) * steps
-    np.testing.assert_allclose(contributions, contributions.max(), rtol=0.05)
+    rms = model_file._coefficient_rms(model)
+    own = rms * np.ptp(model.field.bases.detach().numpy(), axis=1) / 255
+    assert np.sum((rms * steps) ** 2) == pytest.approx(2 * np.sum(own**2), rel=0.05)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")

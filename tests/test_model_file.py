@@ -354,16 +354,21 @@ def test_lower_precisions_are_smaller(small_model, tmp_path):
     assert sizes["float32"] > sizes["float16"] > sizes["int8"]
 
 
-def test_balanced_basis_steps_equalise_the_bases_errors():
+def test_balanced_basis_steps_spend_twice_the_error_where_it_is_cheapest():
     bases = np.array([[0.0, 2.55, 1.0], [0.0, 0.255, 0.1], [0.0, 0.51, 0.2]])
-    # The mean's 8-bit step, 0.01 at weight 1, is the largest error: the
-    # other bases get steps that give the same error at their weights.
-    steps = model_file._balanced_basis_steps(bases, np.array([1.0, 0.5, 0.0]))
-    np.testing.assert_allclose(steps, [0.01, 0.02, 0.51])
-    # A basis whose 8-bit step gives the largest error keeps it; the others
-    # are coarsened to match.
+    # Errors with 256 codes over each range (rms * range / 255): 0.01, 0.02
+    # and 0.008, variance sum 5.64e-4. Twice that, shared: the 0.02 basis
+    # keeps its step (it cannot be finer), the other two add e each, with
+    # 2 e**2 + 0.02**2 = 2 * 5.64e-4.
     steps = model_file._balanced_basis_steps(bases, np.array([1.0, 20.0, 4.0]))
-    np.testing.assert_allclose(steps, [0.02, 0.001, 0.005])
+    e = math.sqrt((2 * 5.64e-4 - 0.02**2) / 2)
+    np.testing.assert_allclose(steps, [e, 0.001, e / 4], rtol=1e-9)
+    # A basis whose coefficient is zero gets its range (it adds no error);
+    # the others share twice their own variance: 2 e**2 = 2 * (0.01**2 +
+    # 0.0005**2).
+    steps = model_file._balanced_basis_steps(bases, np.array([1.0, 0.5, 0.0]))
+    e = math.sqrt(0.01**2 + 0.0005**2)
+    np.testing.assert_allclose(steps, [e, e / 0.5, 0.51], rtol=1e-9)
 
 
 def test_balanced_bases_keep_the_errors_bounded_and_pack_tighter(small_model, tmp_path):
@@ -377,11 +382,19 @@ def test_balanced_bases_keep_the_errors_bounded_and_pack_tighter(small_model, tm
     rms = model_file._coefficient_rms(small_model)
     ranges = np.ptp(bases, axis=1)
     step = arrays["bases_step"].astype(np.float64)
-    # Every basis adds the same error (rms * step), the largest that 256
-    # codes over a basis's range give; none is finer than 256 codes allow.
-    np.testing.assert_allclose(rms * step, np.max(rms * ranges / 255), rtol=1e-5)
+    # The bases' errors (rms * step) sum to twice the variance of 256 codes
+    # over each range; the coarsened ones add the same error, and none is
+    # finer than 256 codes allow.
+    own = rms * ranges / 255
+    np.testing.assert_allclose(np.sum((rms * step) ** 2), 2 * np.sum(own**2), rtol=1e-5)
     assert np.all(step >= ranges / 255 * (1 - 1e-6))
-    assert np.sum(step > ranges / 255 * 1.01) >= 1  # some basis was coarsened
+    coarsened = step > ranges / 255 * 1.01
+    assert coarsened.sum() >= 1
+    np.testing.assert_allclose(
+        rms[coarsened] * step[coarsened],
+        np.max(rms[coarsened] * step[coarsened]),
+        rtol=1e-5,
+    )
     # The network is coded as in a plain int8 file: only the bases differ.
     np.testing.assert_array_equal(
         arrays["network_codes"], plain_arrays["network_codes"]
