@@ -301,16 +301,17 @@ def _fit(args: argparse.Namespace) -> int:
     terminal) stop the fit early: the best model so far is saved to --out,
     and --checkpoint, if given, lets --resume continue the fit later.
     """
-    from kikuchipy_neural.io.model_file import PRECISIONS
+    from kikuchipy_neural.io.model_file import PRECISIONS, check_save_arguments
 
     if args.precision not in PRECISIONS:
         raise CLIError(
             f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}"
         )
-    if args.balanced_bases and args.precision != "int8":
-        raise CLIError("--balanced-bases needs --precision int8")
-    if args.balanced_bases and args.formulation != "factorized":
-        raise CLIError("--balanced-bases needs a factorized model (no bases otherwise)")
+    try:
+        # Before a fit that may take hours: what model.save would refuse.
+        check_save_arguments(args.precision, args.formulation, args.balanced_bases)
+    except ValueError as err:
+        raise CLIError(f"--balanced-bases: {err}") from None
     options = dict(parse_option(o) for o in args.option)
     if args.checkpoint is not None:
         options["checkpoint"] = args.checkpoint

@@ -216,19 +216,7 @@ def save_model(
     path
         The path written.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}"
-        )
-    if balanced_bases and precision != "int8":
-        raise ValueError(
-            f"balanced_bases quantises the bases' 8-bit codes: it needs "
-            f"precision='int8', got {precision!r}"
-        )
-    if balanced_bases and getattr(model, "formulation", None) != "factorized":
-        raise ValueError(
-            "balanced_bases needs a factorized model (a joint field has no bases)"
-        )
+    check_save_arguments(precision, model.formulation, balanced_bases)
     path = Path(path)
     if not path.parent.is_dir():
         # Else h5py's error names the temporary file, not the user's path.
@@ -238,6 +226,26 @@ def save_model(
     arrays, header = _encode(model, precision, balanced_bases)
     _write_file(path, arrays, header, precision)
     return path
+
+
+def check_save_arguments(
+    precision: str, formulation: str, balanced_bases: bool = False
+) -> None:
+    """Raise ``ValueError`` for arguments :func:`save_model` refuses, for a
+    model of ``formulation`` (the CLI checks them before it fits)."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}"
+        )
+    if balanced_bases and precision != "int8":
+        raise ValueError(
+            f"balanced_bases quantises the bases' 8-bit codes: it needs "
+            f"precision='int8', got {precision!r}"
+        )
+    if balanced_bases and formulation != "factorized":
+        raise ValueError(
+            "balanced_bases needs a factorized model (a joint field has no bases)"
+        )
 
 
 def _write_file(
@@ -426,15 +434,16 @@ def _coefficient_rms(model) -> np.ndarray:
     """RMS of each basis's coefficient ``A_k(x, y)`` over the scan's points
     (up to :data:`_BALANCE_POINTS` of them, evenly spread), float64 ``(R,)``;
     the first, the mean pattern's constant 1, gives 1."""
-    g = model.geometry
-    n = min(g.n_points, _BALANCE_POINTS)
-    index = np.unique(np.linspace(0, g.n_points - 1, n).round().astype(np.int64))
-    xy = torch.from_numpy(g.normalize(g.index_to_xy(index)))
+    from kikuchipy_neural.training.refit_bases import _coefficients
+
+    n_points = model.geometry.n_points
+    n = min(n_points, _BALANCE_POINTS)
+    index = np.unique(np.linspace(0, n_points - 1, n).round().astype(np.int64))
     squares = 0.0
-    for start in range(0, len(xy), 8192):
-        a = model.field.coefficients(xy[start : start + 8192].to(model.device))
+    for start in range(0, len(index), 8192):
+        a = _coefficients(model, index[start : start + 8192])
         squares = squares + a.double().square().sum(dim=0).cpu()
-    return np.sqrt(np.asarray(squares) / len(xy))
+    return np.sqrt(np.asarray(squares) / len(index))
 
 
 # How much more rounding error (variance, summed over the bases) balanced
