@@ -449,15 +449,12 @@ def _compress_best(raw: bytes, delta_width: int | None = None) -> tuple[int, str
 
 
 def _quantise(
-    scores: np.ndarray, bits: int, min_steps: np.ndarray | None = None
+    scores: np.ndarray, bits: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Affine quantisation per component (column): codes, offsets, steps
-    (no finer than ``min_steps``, one per column, where given)."""
+    """Affine quantisation per component (column): codes, offsets, steps."""
     lo = scores.min(axis=0)
     levels = 2**bits - 1
     step = (scores.max(axis=0) - lo) / levels
-    if min_steps is not None:
-        step = np.maximum(step, min_steps)
     step = np.where(step > 0, step, 1.0).astype(np.float32)
     codes = np.clip(np.rint((scores - lo) / step), 0, levels).astype(np.uint8)
     return codes, lo.astype(np.float32), step
@@ -526,7 +523,9 @@ def _int8_components(
     """
     from kikuchipy_neural.io.model_file import (
         _balanced_basis_steps,
+        _dequantise_rows,
         _difference_2d,
+        _quantise_rows,
     )
 
     if mean_bits not in (8, 16):
@@ -536,8 +535,8 @@ def _int8_components(
     if score_rms is not None:
         weights = np.concatenate([[1.0], score_rms]) if mean_bits == 8 else score_rms
         min_steps = _balanced_basis_steps(images, weights)
-    codes, lo, step = _quantise(images.T, 8, min_steps)
-    maps = np.ascontiguousarray(codes.T)
+    # The model files' own quantiser: the same codes as their bases get.
+    maps, lo, step = _quantise_rows(images, min_steps)
     head = b"" if mean_bits == 8 else mean.astype("<f2").tobytes()
     nbytes, codec = _compress_best(head + maps.tobytes(), delta_width=1)
     d_bytes, d_codec = _compress_best(
@@ -545,7 +544,7 @@ def _int8_components(
     )
     if d_bytes < nbytes:
         nbytes, codec = d_bytes, f"diff2d+{d_codec}"
-    deq = (lo + codes.astype(np.float32) * step).T
+    deq = _dequantise_rows(maps, lo, step)
     nbytes += 8 * len(deq)
     if mean_bits == 8:
         return deq[0], deq[1:], nbytes, codec
