@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kikuchipy_neural import cli
-from kikuchipy_neural.io import model_file
+from kikuchipy_neural.io import model_file, principal_axes
 from kikuchipy_neural.io.model_file import file_summary
 
 
@@ -188,13 +188,16 @@ def test_fit_from_a_pattern_file(small_map, tmp_path, capsys):
     assert model.options["band_fraction_range"] == [0.1, 0.4]
     assert model.info["steps"] == 15
     assert model.info["model_file"]["precision"] == "int8"
-    # --balanced-bases: the bases' rounding errors (step times coefficient
-    # RMS) add up to twice the variance of 256 codes over each basis's range
-    # (the RMS of the loaded model's 8-bit network: within a few per cent).
+    # --balanced-bases: the field in its principal axes (its coefficients
+    # over the scan of mean 0 and variance 1, up to the 8-bit network's
+    # rounding), the bases' rounding errors (step times coefficient RMS, 1)
+    # adding up to twice the variance of 256 codes over each basis's range.
+    mean, cov = principal_axes.coefficient_moments(model)
+    np.testing.assert_allclose(mean, 0, atol=0.05)
+    np.testing.assert_allclose(cov, np.eye(len(mean)), atol=0.05)
     steps = model_file._read_verified(out).arrays["bases_step"]
-    rms = model_file._coefficient_rms(model)
-    own = rms * np.ptp(model.field.bases.detach().numpy(), axis=1) / 255
-    assert np.sum((rms * steps) ** 2) == pytest.approx(2 * np.sum(own**2), rel=0.05)
+    own = np.ptp(model.field.bases.detach().numpy(), axis=1) / 255
+    assert np.sum(steps**2) == pytest.approx(2 * np.sum(own**2), rel=0.05)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs SIGTERM")

@@ -13,8 +13,8 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
     :func:`kikuchipy_neural.fields.build_field`), the scan geometry, the
     intensity scale, the list of tensors (name, shape, where stored),
     detector and phases, PCA spectrum scalars, training history (its floats
-    rounded to float32 in float32 files, to 4 significant digits in the
-    others), options and info, and ``storage``: one entry per array below,
+    rounded to float32 in float32 files, to 4 significant digits in float16
+    files, 3 in int8 files), options and info, and ``storage``: one entry per array below,
     in name order, with its ``codec`` and stream length in ``bytes``.
 ``payload``
     The arrays below, each as a bounded LZMA stream of its little-endian
@@ -32,10 +32,12 @@ The arrays:
     concatenated in ``state_dict`` order (float32, or float16).
 ``network_codes``
     ``int8`` files only: every weight matrix whose rows hold at least
-    ``_QUANTISE_MIN_ROW`` (32) values, i.e. the SIREN's hidden and output
+    ``_QUANTISE_MIN_ROW`` (8) values, i.e. the SIREN's hidden and output
     layers, as uint8 codes, flattened and concatenated, with one
     ``network_codes_offset`` and ``network_codes_step`` (float32) per matrix
-    row. Biases and the factorized field's first layer (two inputs per row)
+    row (rows shorter than ``_OWN_STEP_MIN_ROW``, 32, repeat their
+    matrix's; files written before 2026-12-03 keep such matrices in
+    ``network`` as float16: the reader does not care). Biases and the factorized field's first layer (two inputs per row)
     stay in ``network`` as float16: a sine layer multiplies them by its
     omega_0, and on the real crop 8-bit biases cost a count of MAE where
     8-bit matrices cost none, for a few kB.
@@ -70,7 +72,8 @@ version 1 (0.1.0.dev0 until 2026-12-01) had no ``network_codes``: its
 version 3 the file is written with HDF5 1.10's object formats (readers need
 HDF5 1.10 or newer). Loading an older file and saving it writes the current
 format; an int8 file of format 2 or 3 saved at int8 keeps every parameter
-bit-exact (8-bit codes of decoded values are the codes they came from).
+bit-exact (8-bit codes of decoded values are the codes they came from), but
+for networks narrower than 32, whose float16 matrices are now coded too.
 Format 4 replaced gzip with LZMA and the ten datasets with two: the real
 crop's models' int8 files 5.1-11.1 kB (13-21 %) smaller at ranks 2-8,
 float16 files 5-11 %, float32 files 3-6 %. Saving takes longer (LZMA at
@@ -111,7 +114,7 @@ import numpy as np
 import torch
 
 from kikuchipy_neural.geometry import ScanGeometry
-from kikuchipy_neural.io import array_codec
+from kikuchipy_neural.io import array_codec, principal_axes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -144,9 +147,14 @@ PRECISIONS = {
 }
 
 # Weight matrices with rows at least this long are stored as 8-bit codes at
-# "int8": a row's offset and step (8 bytes) then cost at most a quarter of
-# what the codes save over float16.
-_QUANTISE_MIN_ROW = 32
+# "int8" (the first layer's rows, two inputs, are not). Rows of at least
+# _OWN_STEP_MIN_ROW values get an offset and step each (8 bytes, at most a
+# quarter of what the codes save over float16); shorter rows, of the narrow
+# networks of the smallest files, share their matrix's, repeated per row
+# (the format has one per row), which the codec packs to a few bytes. (Until
+# 2026-12-03 rows shorter than 32 stayed float16.)
+_QUANTISE_MIN_ROW = 8
+_OWN_STEP_MIN_ROW = 32
 
 # Sanity limits checked before anything is allocated.
 _MAX_HEADER_BYTES = 64 * 1024**2
@@ -202,14 +210,19 @@ def save_model(
     overwrite
         Replace an existing file; False raises ``FileExistsError``.
     balanced_bases
-        At ``precision="int8"``, quantise the bases with steps inversely
-        proportional to the RMS of their coefficients over the scan, so
-        that they add equal errors to the decoded patterns, in total twice
-        the error variance of 256 codes over each basis's range
-        (:func:`_balanced_basis_steps`). Bases with small coefficients then
-        use fewer distinct codes, which pack tighter. The file format is the
-        same. Default False: every basis spans its range with 256 codes.
-        Only for factorized models (a joint field has no bases).
+        At ``precision="int8"``, store the field in its principal axes
+        (:mod:`~kikuchipy_neural.io.principal_axes`: the same patterns,
+        the first basis the mean pattern, the others orthogonal and ordered
+        by energy, their coefficients decorrelated) and quantise the bases
+        with steps inversely proportional to the RMS of their coefficients
+        over the scan, so that they add equal errors to the decoded
+        patterns, in total twice the error variance of 256 codes over each
+        basis's range (:func:`_balanced_basis_steps`). Low-energy bases then
+        use few distinct codes, which pack tighter. The file format is the
+        same; the loaded model's bases and last layer are those of the
+        principal axes (``model`` itself is left unchanged). Default False:
+        the parameters as trained, every basis spans its range with 256
+        codes. Only for factorized models (a joint field has no bases).
 
     Returns
     -------
@@ -327,6 +340,9 @@ def _encode(
     codes, code_offset, code_row = [], 0, 0
     arrays: dict[str, np.ndarray] = {}
     differenced = None  # how int8 basis codes are stored
+    coefficient_rms = None
+    if balanced_bases:
+        state, coefficient_rms = _balanced_state(model, state)
     for name, value in state.items():
         entry = {"name": name, "shape": list(value.shape)}
         if name == _BASES and value.ndim == 2:
@@ -335,7 +351,7 @@ def _encode(
                 value.numpy(),
                 precision,
                 model.geometry.pattern_shape,
-                _coefficient_rms(model) if balanced_bases else None,
+                coefficient_rms,
             )
             arrays.update(bases)
         elif (
@@ -344,7 +360,7 @@ def _encode(
             and value.shape[1] >= _QUANTISE_MIN_ROW
         ):
             entry.update(dataset=_CODES, offset=code_offset, row=code_row)
-            codes.append(_quantise_rows(value.numpy()))
+            codes.append(_quantise_matrix(value.numpy()))
             code_offset += value.numel()
             code_row += value.shape[0]
         else:
@@ -374,9 +390,7 @@ def _encode(
         "detector": None,
         "phases": None,
         "spectrum": None,
-        "history": _rounded(
-            _plain(model.history), None if precision == "float32" else 4
-        ),
+        "history": _rounded(_plain(model.history), _HISTORY_DIGITS[precision]),
         "options": _plain(model.options),
         "info": _plain({k: v for k, v in model.info.items() if k != "model_file"}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -424,26 +438,20 @@ def _encode_bases(
     return {_BASES: stored, "bases_offset": lo, "bases_step": step}, differenced
 
 
-# Scan points whose coefficients set the balanced bases' steps (evenly
-# spread over the scan): enough for a stable RMS, bounded time on any map.
-_BALANCE_POINTS = 65_536
-
-
-@torch.no_grad()
-def _coefficient_rms(model) -> np.ndarray:
-    """RMS of each basis's coefficient ``A_k(x, y)`` over the scan's points
-    (up to :data:`_BALANCE_POINTS` of them, evenly spread), float64 ``(R,)``;
-    the first, the mean pattern's constant 1, gives 1."""
-    from kikuchipy_neural.training.refit_bases import _coefficients
-
-    n_points = model.geometry.n_points
-    n = min(n_points, _BALANCE_POINTS)
-    index = np.unique(np.linspace(0, n_points - 1, n).round().astype(np.int64))
-    squares = 0.0
-    for start in range(0, len(index), 8192):
-        a = _coefficients(model, index[start : start + 8192])
-        squares = squares + a.double().square().sum(dim=0).cpu()
-    return np.sqrt(np.asarray(squares) / len(index))
+def _balanced_state(
+    model, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """The parameters a balanced int8 file stores and the RMS of each basis's
+    coefficient over the scan (float64 ``(R,)``, the mean pattern's constant
+    1 first): the field in its principal axes
+    (:mod:`~kikuchipy_neural.io.principal_axes`; every RMS 1), or as it is
+    where its coefficients' covariance is singular."""
+    mean, cov = principal_axes.coefficient_moments(model)
+    rotated = principal_axes.principal_axes_state(state, mean, cov)
+    if rotated is not None:
+        return rotated, np.ones(model.field.rank)
+    rms = np.sqrt(mean**2 + np.clip(np.diag(cov), 0, None))
+    return state, np.concatenate([[1.0], rms])
 
 
 # How much more rounding error (variance, summed over the bases) balanced
@@ -508,6 +516,17 @@ def _quantise_rows(
     step = np.where(step > 0, step, 1.0).astype("<f4")
     codes = np.rint((values - lo[:, None]) / step[:, None])
     return np.clip(codes, 0, 255).astype(np.uint8), lo.astype("<f4"), step
+
+
+def _quantise_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A weight matrix's 8-bit codes with an offset and step per row
+    (:func:`_quantise_rows`), those of rows shorter than
+    :data:`_OWN_STEP_MIN_ROW` the matrix's own, repeated."""
+    if values.shape[1] >= _OWN_STEP_MIN_ROW:
+        return _quantise_rows(values)
+    codes, lo, step = _quantise_rows(values.reshape(1, -1))
+    rows = len(values)
+    return codes.reshape(values.shape), np.repeat(lo, rows), np.repeat(step, rows)
 
 
 def _dequantise_rows(codes, offset, step) -> np.ndarray:
@@ -623,16 +642,24 @@ def _plain(obj: Any) -> Any:
     )
 
 
+# Significant digits of the training history's floats by precision (None:
+# float32's shortest form). The history of the real crop's rank-3 model (193
+# evaluations) is 1.4 kB of its 20 kB int8 file at 4 digits, 0.45 kB less
+# at 3.
+_HISTORY_DIGITS = {"float32": None, "float16": 4, "int8": 3}
+
+
 def _rounded(obj: Any, digits: int | None) -> Any:
     """``obj`` with every float written in its shortest form at float32
     (``digits=None``: about 8 significant digits instead of 17; the training
     history's losses are float32 values anyway) or at ``digits``
     significant digits.
 
-    float32 files keep the history at float32. The compact precisions keep 4
-    digits, enough for every plot of a history and 0.8-2.8 kB less per file
-    on the real crop (a history of 266 evaluations: 6.6 kB compressed at
-    float32, 3.8 kB at 4 digits), which counts in a 30-90 kB int8 file.
+    float32 files keep the history at float32, the compact precisions at
+    :data:`_HISTORY_DIGITS`: 3 or 4 digits are enough for every plot of a
+    history (3: one part in 200 at worst) and save kilobytes, which count in
+    the smallest files (a history of 266 evaluations: 6.6 kB compressed at
+    float32, 3.8 kB at 4 digits).
     """
     if isinstance(obj, float) and math.isfinite(obj) and abs(obj) <= _FLOAT32_MAX:
         if digits is None:
