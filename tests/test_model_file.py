@@ -453,6 +453,8 @@ def test_principal_axes_keep_the_patterns_and_decorrelate_the_coefficients(
     a = field.coefficients(xy)[:, 1:].double()
     moments = a.mean(dim=0).numpy(), torch.cov(a.T, correction=0).numpy()
     assert principal_axes.principal_axes_state(flat, *moments) is None
+    nan_cov = np.full_like(cov, np.nan)
+    assert principal_axes.principal_axes_state(state, mean, nan_cov) is None
 
 
 def test_balanced_bases_keep_the_errors_bounded_and_pack_tighter(small_model, tmp_path):

@@ -64,7 +64,8 @@ def principal_axes_state(
 ) -> dict[str, torch.Tensor] | None:
     """A factorized field's ``state`` (as ``state_dict()``) rewritten in its
     principal axes, the same patterns; ``None`` when the coefficients'
-    covariance is (nearly) singular, as when one of them is constant.
+    covariance is (nearly) singular, as when one of them is constant, or not
+    finite.
 
     Parameters
     ----------
@@ -84,11 +85,11 @@ def principal_axes_state(
     """
     mean = torch.as_tensor(mean, dtype=torch.float64)
     cov = torch.as_tensor(cov, dtype=torch.float64)
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        return None  # a diverged network: nothing to rewrite
     bases = state["bases"].double()
     variances, axes = torch.linalg.eigh(cov)
-    if not bool(torch.isfinite(variances).all()) or variances[0] <= (
-        _MIN_VARIANCE_RATIO * variances[-1].clamp(min=0)
-    ):
+    if variances[0] <= _MIN_VARIANCE_RATIO * variances[-1].clamp(min=0):
         return None
     # cov = L L^T; whitened coefficients L^-1 (a - mu) have unit covariance.
     root = axes * variances.sqrt()
