@@ -142,8 +142,8 @@ PRECISIONS = {
     "float32": "network and bases in float32 (bit-exact round trip)",
     "float16": "network and bases in float16",
     "int8": "bases and weight matrices quantised to 8 bits per value (one "
-    "offset and step per basis or matrix row), biases and the first layer in "
-    "float16",
+    "offset and step per basis, per matrix row, or per matrix where rows are "
+    "shorter than 32), biases and the first layer in float16",
 }
 
 # Weight matrices with rows at least this long are stored as 8-bit codes at
@@ -219,8 +219,10 @@ def save_model(
         patterns, in total twice the error variance of 256 codes over each
         basis's range (:func:`_balanced_basis_steps`). Low-energy bases then
         use few distinct codes, which pack tighter. The file format is the
-        same; the loaded model's bases and last layer are those of the
-        principal axes (``model`` itself is left unchanged). Default False:
+        same; the loaded model's bases, last layer and coefficient maps
+        (:func:`~kikuchipy_neural.analysis.coefficients.coefficient_map`)
+        are those of the principal axes (``model`` itself is left
+        unchanged). Default False:
         the parameters as trained, every basis spans its range with 256
         codes. Only for factorized models (a joint field has no bases).
 
