@@ -14,8 +14,9 @@ Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
     intensity scale, the list of tensors (name, shape, where stored),
     detector and phases, PCA spectrum scalars, training history (its floats
     rounded to float32 in float32 files, to 4 significant digits in float16
-    files, 3 in int8 files), options and info, and ``storage``: one entry per array below,
-    in name order, with its ``codec`` and stream length in ``bytes``.
+    files, 3 in int8 files), options and info, and ``storage``: one entry
+    per array below, in name order, with its ``codec`` and stream length in
+    ``bytes``.
 ``payload``
     The arrays below, each as a bounded LZMA stream of its little-endian
     bytes (:mod:`~kikuchipy_neural.io.array_codec`, the smallest of no
@@ -37,10 +38,11 @@ The arrays:
     ``network_codes_offset`` and ``network_codes_step`` (float32) per matrix
     row (rows shorter than ``_OWN_STEP_MIN_ROW``, 32, repeat their
     matrix's; files written before 2026-12-03 keep such matrices in
-    ``network`` as float16: the reader does not care). Biases and the factorized field's first layer (two inputs per row)
-    stay in ``network`` as float16: a sine layer multiplies them by its
-    omega_0, and on the real crop 8-bit biases cost a count of MAE where
-    8-bit matrices cost none, for a few kB.
+    ``network`` as float16: the reader does not care). Biases and the
+    factorized field's first layer (two inputs per row) stay in ``network``
+    as float16: a sine layer multiplies them by its omega_0, and on the real
+    crop 8-bit biases cost a count of MAE where 8-bit matrices cost none,
+    for a few kB.
 ``bases``
     ``(R, n_pixels)`` basis patterns of factorized fields: float32, float16,
     or, for 8-bit quantisation, uint8 codes with per-basis ``bases_offset``
@@ -222,9 +224,9 @@ def save_model(
         same; the loaded model's bases, last layer and coefficient maps
         (:func:`~kikuchipy_neural.analysis.coefficients.coefficient_map`)
         are those of the principal axes (``model`` itself is left
-        unchanged). Default False:
-        the parameters as trained, every basis spans its range with 256
-        codes. Only for factorized models (a joint field has no bases).
+        unchanged). Default False: the parameters as trained, every basis
+        spans its range with 256 codes. Only for factorized models (a joint
+        field has no bases).
 
     Returns
     -------

@@ -50,13 +50,17 @@ def coefficient_moments(model) -> tuple[np.ndarray, np.ndarray]:
     rank = model.field.rank
     sums = torch.zeros(rank - 1, dtype=torch.float64)
     products = torch.zeros(rank - 1, rank - 1, dtype=torch.float64)
+    shift = None  # the first chunk's mean: sums about it lose no digits
     for start in range(0, len(index), 8192):
         a = _coefficients(model, index[start : start + 8192])[:, 1:].double().cpu()
+        if shift is None:
+            shift = a.mean(dim=0)
+        a = a - shift
         sums += a.sum(dim=0)
         products += a.T @ a
-    mean = sums / len(index)
-    cov = products / len(index) - torch.outer(mean, mean)
-    return mean.numpy(), ((cov + cov.T) / 2).numpy()
+    centred_mean = sums / len(index)
+    cov = products / len(index) - torch.outer(centred_mean, centred_mean)
+    return (shift + centred_mean).numpy(), ((cov + cov.T) / 2).numpy()
 
 
 def principal_axes_state(
