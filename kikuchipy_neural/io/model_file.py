@@ -224,9 +224,14 @@ def save_model(
         same; the loaded model's bases, last layer and coefficient maps
         (:func:`~kikuchipy_neural.analysis.coefficients.coefficient_map`)
         are those of the principal axes (``model`` itself is left
-        unchanged). Default False: the parameters as trained, every basis
-        spans its range with 256 codes. Only for factorized models (a joint
-        field has no bases).
+        unchanged), and so is its diffraction gradient, which with
+        orthogonal bases is exactly the norm of the pattern's spatial
+        gradient (with the trained bases, correlated, it weighs the
+        coefficients' gradients by the bases' norms alone: on the real
+        crop's rank-3 model 8 % apart at the median point, correlation
+        0.995). Default False: the parameters as trained, every basis spans
+        its range with 256 codes. Only for factorized models (a joint field
+        has no bases).
 
     Returns
     -------
