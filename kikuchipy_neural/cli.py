@@ -301,17 +301,14 @@ def _fit(args: argparse.Namespace) -> int:
     terminal) stop the fit early: the best model so far is saved to --out,
     and --checkpoint, if given, lets --resume continue the fit later.
     """
-    from kikuchipy_neural.io.model_file import PRECISIONS, check_save_arguments
+    from kikuchipy_neural.io.model_file import check_save_arguments
 
-    if args.precision not in PRECISIONS:
-        raise CLIError(
-            f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}"
-        )
     try:
-        # Before a fit that may take hours: what model.save would refuse.
+        # Before a fit that may take hours: what model.save would refuse
+        # (--precision, --balanced-bases).
         check_save_arguments(args.precision, args.formulation, args.balanced_bases)
     except ValueError as err:
-        raise CLIError(f"--balanced-bases: {err}") from None
+        raise CLIError(f"cannot save the model as asked: {err}") from None
     options = dict(parse_option(o) for o in args.option)
     if args.checkpoint is not None:
         options["checkpoint"] = args.checkpoint
