@@ -402,9 +402,10 @@ def _payload_bytes(path: str | Path, skip_prefix: str | None = None) -> int:
     the file's bytes had it been coded like PCA's components and scores. A
     fairness check on the comparison, not a file anyone can load.
 
-    Format-4 files store LZMA streams already (the best of three codings
-    per array, like :func:`_compress_best`): their streams' bytes. Older
-    files (gzip, one dataset per array): each dataset through
+    Files of format 4 on store LZMA streams already (the best of three
+    codings per array, like :func:`_compress_best`): their streams' bytes
+    (format 5: the history's among them, and the header's deflate stream).
+    Older files (gzip, one dataset per array): each dataset through
     :func:`_compress_best`.
     """
     import h5py
@@ -412,9 +413,14 @@ def _payload_bytes(path: str | Path, skip_prefix: str | None = None) -> int:
     from kikuchipy_neural.io.model_file import file_summary
 
     with h5py.File(path, "r") as f:
-        if int(f.attrs["format_version"]) >= 4:
+        version = int(f.attrs["format_version"])
+        if version >= 4:
             stored = file_summary(path)["stored_bytes"]
-            return f["header"].id.get_storage_size() + sum(
+            if version >= 5:  # the header's stream opens the payload, after its length
+                header = int.from_bytes(f["payload"][:4].tobytes(), "little")
+            else:
+                header = f["header"].id.get_storage_size()
+            return header + sum(
                 n
                 for name, n in stored.items()
                 if skip_prefix is None or not name.startswith(skip_prefix)

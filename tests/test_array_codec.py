@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import lzma
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from kikuchipy_neural.io import array_codec
 from kikuchipy_neural.io.array_codec import StreamError
+from kikuchipy_neural.io.header_dictionary import HEADER_DICTIONARY
 
 
 def _round_trip(array):
@@ -87,9 +89,28 @@ def test_streams_decode_to_exactly_their_declared_bytes():
         array_codec.decode(_stream_of(bytes(6), 6), "shuffle-lzma", 6, 4, "x")
 
 
-def test_text_streams_are_bounded():
+def test_header_streams_are_bounded():
     text = b'{"a": 1}' * 1000
-    stream = array_codec.compress_text(text)
+    stream = array_codec.compress_header(text)
+    assert array_codec.decompress_header(stream, 10**6, "h") == text
+    with pytest.raises(StreamError, match="h decodes to more than 100 bytes"):
+        array_codec.decompress_header(stream, 100, "h")
+    with pytest.raises(StreamError, match="not a deflate stream"):
+        array_codec.decompress_header(b"\xff\xff\xff\xff", 10**6, "h")
+    with pytest.raises(StreamError, match="truncated"):
+        array_codec.decompress_header(stream[:-4], 10**6, "h")
+    with pytest.raises(StreamError, match="trailing data"):
+        array_codec.decompress_header(stream + b"x", 10**6, "h")
+
+
+def test_format_4_header_streams_are_bounded():
+    text = b'{"a": 1}' * 1000
+    # How format 4 wrote its headers.
+    stream = lzma.compress(
+        text,
+        format=lzma.FORMAT_RAW,
+        filters=[{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 2**20}],
+    )
     assert array_codec.decompress_text(stream, 10**6, "h") == text
     with pytest.raises(StreamError, match="h decodes to more than 100 bytes"):
         array_codec.decompress_text(stream, 100, "h")
@@ -97,3 +118,11 @@ def test_text_streams_are_bounded():
         array_codec.decompress_text(b"\x80\x04K\x01.", 10**6, "h")
     with pytest.raises(StreamError, match="truncated"):
         array_codec.decompress_text(stream[:-4], 10**6, "h")
+
+
+def test_the_header_dictionary_never_changes():
+    """Format-5 headers decode only with these exact bytes (see
+    kikuchipy_neural.io.header_dictionary): a new dictionary needs a new
+    format version."""
+    digest = hashlib.sha256(HEADER_DICTIONARY).hexdigest()
+    assert digest == "f9cac711da18057b6a4da816041f0e0c667be38e7a069f0ccec2baeb58fa7ebd"

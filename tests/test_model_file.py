@@ -10,6 +10,7 @@ import json
 import math
 import pickle
 import re
+import zlib
 from pathlib import Path
 
 import h5py
@@ -35,32 +36,52 @@ def _state(model):
     return {k: v.detach().cpu().numpy() for k, v in model.field.state_dict().items()}
 
 
-def _stored(path):
-    """The header (dict) and the arrays of a format-4 file as stored (int8
-    basis codes not yet integrated), read with no checks: what a crafted
-    file starts from."""
+def _packed(path):
+    """The header (dict, as stored) and the concatenated array streams of a
+    format-5 file, read with no checks."""
     with h5py.File(path) as f:
-        header = json.loads(
-            array_codec.decompress_text(f["header"][()].tobytes(), 2**26, "header")
-        )
         payload = f["payload"][()].tobytes()
-        precision = model_file._attr_str(f, "precision", path)
-    expected = model_file._expected_arrays(
-        header, precision, model_file._check_header(header, path), path
-    )
-    arrays, offset = {}, 0
-    for entry in header["storage"]:
-        dtype, shape = expected[entry["name"]]
-        stream = payload[offset : offset + entry["bytes"]]
-        offset += entry["bytes"]
-        data = array_codec.decode(
-            stream,
-            entry["codec"],
-            math.prod(shape) * dtype.itemsize,
-            dtype.itemsize,
-            "",
+    n = int.from_bytes(payload[:4], "little")
+    text = array_codec.decompress_header(payload[4 : 4 + n], 2**26, "header")
+    return json.loads(text), payload[4 + n :]
+
+
+def _pack(path, header, streams):
+    """Write ``header`` (dict) and the array ``streams`` (bytes) as the
+    payload of the format-5 file at ``path``, its checksum untouched."""
+    stream = array_codec.compress_header(json.dumps(header).encode())
+    with h5py.File(path, "r+") as f:
+        del f["payload"]
+        f["payload"] = np.frombuffer(
+            len(stream).to_bytes(4, "little") + stream + streams, np.uint8
         )
-        arrays[entry["name"]] = np.frombuffer(data, dtype).reshape(shape)
+
+
+def _layout(header):
+    """The tensors' layout that a format-5 header implies."""
+    shapes = model_file._architecture_shapes(header["field"], Path("x"))
+    return model_file._tensor_layout(shapes, header["precision"])
+
+
+def _stored(path):
+    """The header (dict) and the arrays of a format-5 file as stored (int8
+    basis codes not yet integrated, the history as JSON bytes), read with no
+    checks: what a crafted file starts from."""
+    header, payload = _packed(path)
+    geometry = model_file._check_header(header, path, 5)
+    expected = model_file._expected_arrays(
+        {**header, "tensors": _layout(header)}, header["precision"], geometry, path
+    )
+    expected["history"] = (np.dtype("u1"), (header["history_bytes"],))
+    arrays, offset = {}, 0
+    for name, (codec, nbytes) in zip(sorted(expected), header["storage"], strict=True):
+        dtype, shape = expected[name]
+        stream = payload[offset : offset + nbytes]
+        offset += nbytes
+        data = array_codec.decode(
+            stream, codec, math.prod(shape) * dtype.itemsize, dtype.itemsize, ""
+        )
+        arrays[name] = np.frombuffer(data, dtype).reshape(shape)
     return header, arrays
 
 
@@ -72,13 +93,12 @@ def _rewrite(path, edit_arrays=None, edit_header=None, keep_checksum=False):
     header, arrays = _stored(path)
     arrays = dict(arrays)
     with h5py.File(path) as f:
-        precision = model_file._attr_str(f, "precision", path)
         checksum = model_file._attr_str(f, "checksum", path)
     if edit_arrays is not None:
         edit_arrays(arrays)
     if edit_header is not None:
         edit_header(header)
-    model_file._write_file(path, arrays, header, precision)
+    model_file._write_file(path, arrays, header)
     if keep_checksum:
         with h5py.File(path, "r+") as f:
             model_file._set_string_attr(f, "checksum", checksum)
@@ -237,7 +257,7 @@ def test_narrow_weight_matrices_share_one_step(small_map, tmp_path):
     path = model.save(tmp_path / "narrow.h5", precision="int8")
     header, arrays = _stored(path)
     original = _state(model)
-    entries = {e["name"]: e for e in header["tensors"]}
+    entries = {e["name"]: e for e in _layout(header)}
     coded = [k for k, e in entries.items() if e["dataset"] == "network_codes"]
     # The hidden and last layers (rows of 16); not the first (2 inputs).
     assert sorted(coded) == sorted(
@@ -301,7 +321,21 @@ def test_format_3_int8_files_still_load():
     assert summary["stored_bytes"] == summary["array_bytes"]
 
 
-@pytest.mark.parametrize("version", [2, 3])
+def test_format_4_int8_files_still_load():
+    """A version-4 int8 file (the header an LZMA stream in a dataset of its
+    own, with the tensors' layout and the history in it) decodes to what
+    the release before format 5 decoded."""
+    loaded = load_model(DATA / "model_format4_int8.h5")
+    assert loaded.info["model_file"]["format_version"] == 4
+    expected = np.load(DATA / "model_format4_int8_reconstruct.npy")
+    _assert_same_decoding(loaded.reconstruct(), expected)
+    assert loaded.history["step"] == [0, 10, 20, 30]
+    summary = file_summary(DATA / "model_format4_int8.h5")
+    assert summary["precision"] == "int8"
+    assert summary["training"]["n_evaluations"] == 4
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_older_int8_files_upgrade_without_loss(tmp_path, version):
     """Loading a format-2 or format-3 int8 file and saving it at int8 writes
     the current format with every parameter bit-exact: the 8-bit codes of
@@ -506,7 +540,7 @@ def test_balanced_bases_keep_the_errors_bounded_and_pack_tighter(small_model, tm
     assert 0 < err.mean() < 2e-3 * (hi - lo) and err.max() < 5e-3 * (hi - lo)
     assert err.mean() < 2 * err_plain.mean()
     # The same format: any reader of int8 files reads it.
-    assert header["tensors"] == _stored(plain)[0]["tensors"]
+    assert arrays.keys() == _stored(plain)[1].keys()
 
 
 def test_balanced_bases_need_int8(small_model, tmp_path):
@@ -529,43 +563,51 @@ def test_save_arguments(small_model, tmp_path):
 
 
 def test_file_structure_is_small(small_model, tmp_path):
-    # HDF5's share of an int8 file: the file's size minus the two datasets'
+    # HDF5's share of an int8 file: the file's size minus its one dataset's
     # bytes. Each array has no dataset of its own (a few hundred bytes each
-    # in format 3), and h5py's default variable-length string attributes
-    # would add a 4 kB global heap.
+    # in format 3), the header none either (0.3 kB in format 4), and h5py's
+    # default variable-length string attributes would add a 4 kB global heap.
     path = small_model.save(tmp_path / "m.h5", precision="int8")
     with h5py.File(path) as f:
-        for name in ("format", "package_version", "precision", "checksum"):
+        assert sorted(f.attrs) == ["checksum", "format", "format_version"]
+        for name in ("format", "checksum"):
             assert h5py.check_string_dtype(f.attrs.get_id(name).dtype).length
-        assert sorted(f) == ["header", "payload"]
-        stored = sum(f[k].id.get_storage_size() for k in f)
+        assert sorted(f) == ["payload"]
+        stored = f["payload"].id.get_storage_size()
     header, arrays = _stored(path)
-    header = json.dumps(header)
-    # 1.1 kB here (2.0 kB with 2 kB metadata blocks and contiguous datasets).
-    assert path.stat().st_size - stored < 1200
+    # 0.65 kB here (1.1 kB in format 4; 2.0 kB with 2 kB metadata blocks
+    # and contiguous datasets).
+    assert path.stat().st_size - stored < 700
     # Each stream is no longer than its array, the bases' shorter.
-    storage = {e["name"]: e for e in json.loads(header)["storage"]}
+    storage = dict(zip(sorted(arrays), header["storage"], strict=True))
     for name, array in arrays.items():
-        assert storage[name]["bytes"] <= array.nbytes
-    assert storage["bases"]["bytes"] < 0.9 * arrays["bases"].nbytes
-    assert storage["bases"]["codec"] == "lzma"
+        assert storage[name][1] <= array.nbytes
+    assert storage["bases"][1] < 0.9 * arrays["bases"].nbytes
+    assert storage["bases"][0] == "lzma"
+    # The header packs against its preset dictionary to a fraction of what
+    # deflate makes of it alone.
+    text = json.dumps(header, separators=(",", ":")).encode()
+    alone = zlib.compressobj(9, zlib.DEFLATED, -15)
+    assert len(array_codec.compress_header(text)) < 0.4 * len(
+        alone.compress(text) + alone.flush()
+    )
 
     # The history's floats are written with 3 significant digits at int8,
     # 4 at float16, at float32 in float32 files; not with 17 digits.
-    def history_digits(header: str) -> list[int]:
-        history = header[header.index('"history"') : header.index('"options"')]
+    def history_digits(path) -> list[int]:
+        history = _stored(path)[1]["history"].tobytes().decode()
         return [
             len(m.strip("-").split("e")[0].replace(".", "").strip("0"))
             for m in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", history)
         ]
 
-    assert history_digits(header) and max(history_digits(header)) == 3
-    header16, _ = _stored(small_model.save(tmp_path / "m16.h5", precision="float16"))
-    assert max(history_digits(json.dumps(header16))) == 4
-    header32, _ = _stored(small_model.save(tmp_path / "m32.h5", precision="float32"))
-    digits = history_digits(json.dumps(header32))
+    assert history_digits(path) and max(history_digits(path)) == 3
+    path16 = small_model.save(tmp_path / "m16.h5", precision="float16")
+    assert max(history_digits(path16)) == 4
+    digits = history_digits(small_model.save(tmp_path / "m32.h5", precision="float32"))
     assert 4 < max(digits) <= 9
     loaded = load_model(path)
+    assert loaded.history["step"] == small_model.history["step"]
     for key, values in small_model.history.items():
         if not all(isinstance(v, str) for v in values):
             np.testing.assert_allclose(
@@ -574,6 +616,19 @@ def test_file_structure_is_small(small_model, tmp_path):
                 rtol=5e-3,  # 3 significant digits
                 equal_nan=True,
             )
+
+
+def test_history_steps_are_stored_as_differences():
+    history = {"step": [0, 25, 50, 75, 90], "loss": [1.0, 0.5, 0.25, 0.125, 0.1]}
+    raw = model_file._history_json(history, 3)
+    assert json.loads(raw)["step"] == [0, 25, 25, 25, 15]
+    parsed = model_file._parse_history(np.frombuffer(raw, np.uint8), Path("x"))
+    assert parsed == {"step": [0, 25, 50, 75, 90], "loss": [1.0, 0.5, 0.25, 0.125, 0.1]}
+    # A step column that is not all integers is stored as it is.
+    odd = {"step": [0, 2.5, None]}
+    raw = model_file._history_json(odd, 3)
+    assert json.loads(raw) == odd
+    assert model_file._parse_history(np.frombuffer(raw, np.uint8), Path("x")) == odd
 
 
 # ------------------------------------------------------------ lazy loading
@@ -661,26 +716,25 @@ def _pickle_bytes(tmp_path):
 
 
 def _edit_header(path, edit):
-    """Edit the header in place, payload and checksum untouched."""
-    with h5py.File(path, "r+") as f:
-        text = array_codec.decompress_text(f["header"][()].tobytes(), 2**26, "")
-        header = json.loads(text)
-        edit(header)
-        del f["header"]
-        f["header"] = np.frombuffer(
-            array_codec.compress_text(json.dumps(header).encode()), np.uint8
-        )
+    """Edit the header in place, the arrays' streams and checksum untouched."""
+    header, streams = _packed(path)
+    edit(header)
+    _pack(path, header, streams)
 
 
-def _flip_bytes(path, dataset):
-    """Invert 8 bytes a third into ``dataset``'s stored bytes, found in the
-    file by their content (compact datasets live in their object header)."""
+def _flip_bytes(path, part):
+    """Invert 8 bytes a third into the payload's ``part`` ("header" or
+    "arrays"), found in the file by the payload's content (a compact
+    dataset lives in its object header)."""
     with h5py.File(path, "r") as f:
-        data = f[dataset][()].tobytes()
+        data = f["payload"][()].tobytes()
+    n = int.from_bytes(data[:4], "little")
+    start, size = (4, n) if part == "header" else (4 + n, len(data) - 4 - n)
     raw = bytearray(path.read_bytes())
     offset = raw.find(data)
     assert offset > 0 and raw.find(data, offset + 1) < 0
-    for k in range(offset + len(data) // 3, offset + len(data) // 3 + 8):
+    first = offset + start + size // 3
+    for k in range(first, first + 8):
         raw[k] ^= 0xFF
     path.write_bytes(bytes(raw))
 
@@ -708,8 +762,11 @@ def _delete(name):
 
 
 def _huge_dataset(f):
+    """A payload that declares 1 TiB and starts with its real header."""
+    start = f["payload"][:4096]
     del f["payload"]
     f.create_dataset("payload", shape=(2**40,), dtype="u1", chunks=(2**16,))
+    f["payload"][:4096] = start
 
 
 def _set_rank(rank):
@@ -736,16 +793,23 @@ CORRUPTIONS = {
         lambda tp: _replace("payload", _pickle_bytes(tp)),
         "has dtype",
     ),
-    "object header": (lambda tp: _replace("header", _vlen_pickle(tp)), "has dtype"),
+    "object payload": (lambda tp: _replace("payload", _vlen_pickle(tp)), "has dtype"),
     "group": (lambda tp: lambda f: f.create_group("extra"), "not a dataset"),
     "external link": (lambda tp: _external_link, "ExternalLink"),
-    "payload of another length": (
-        lambda tp: _replace("payload", np.zeros(10, np.uint8)),
+    "payload too short for its header": (
+        lambda tp: _replace("payload", np.zeros(3, np.uint8)),
         "has shape",
+    ),
+    "header longer than the payload": (
+        lambda tp: _replace("payload", np.full(10, 255, np.uint8)),
+        "declares a header of",
     ),
     "huge declared dataset": (lambda tp: _huge_dataset, "has shape"),
     "missing dataset": (lambda tp: _delete("payload"), "'payload' is missing"),
-    "missing header": (lambda tp: _delete("header"), "'header' is missing"),
+    "a header dataset beside": (
+        lambda tp: _set_ds("header", np.zeros(4, np.uint8)),
+        "unexpected dataset",
+    ),
     "old format version": (lambda tp: _set_attr("format_version", 0), "old format"),
     "newer format version": (lambda tp: _set_attr("format_version", 99), "newer"),
     "text format version": (
@@ -756,21 +820,28 @@ CORRUPTIONS = {
         lambda tp: _set_attr("format", "h5ebsd"),
         "not a kikuchipy-neural model",
     ),
-    "unknown precision": (
-        lambda tp: _set_attr("precision", "int3"),
-        "unknown precision",
+    "format 4's precision attribute": (
+        lambda tp: _set_attr("precision", "int8"),
+        "unexpected attribute",
     ),
-    "header not lzma": (
-        lambda tp: _replace("header", np.frombuffer(b"\x80\x04K\x01.", np.uint8)),
-        "not an LZMA stream",
+    "header not deflate": (
+        lambda tp: _replace("payload", _payload_of(b"\xff\xff\xff\xff")),
+        "not a deflate stream",
     ),
     "header not json": (
         lambda tp: _replace(
-            "header", np.frombuffer(array_codec.compress_text(b"\x80\x04K"), np.uint8)
+            "payload", _payload_of(array_codec.compress_header(b"\x80\x04K"))
         ),
         "not valid JSON",
     ),
 }
+
+
+def _payload_of(header_stream):
+    """A format-5 payload holding ``header_stream`` and nothing else."""
+    return np.frombuffer(
+        len(header_stream).to_bytes(4, "little") + header_stream, np.uint8
+    )
 
 
 def _vlen_pickle(tmp_path):
@@ -802,12 +873,17 @@ def test_crafted_files_raise(saved, tmp_path, case):
     ("edit", "message"),
     [
         (_set_rank(10**9), "more than the limit"),
-        (_set_rank(3), "do not match the architecture"),
+        # Another rank than the arrays': the bases' stream is longer than
+        # the bases that rank has.
+        (_set_rank(3), "declares a stream of"),
         (lambda h: h["geometry"].update(nx=2**40), "outside"),
         (lambda h: h["geometry"].update(pattern_shape=[40, 41]), "pattern shape"),
         (lambda h: h["field"].update(formulation="os.system"), "cannot be built"),
         (lambda h: h["field"].update(width="512; import os"), "cannot be built"),
-        (lambda h: h.pop("tensors"), "has no 'tensors'"),
+        (lambda h: h.pop("history_bytes"), "has no 'history_bytes'"),
+        (lambda h: h.update(history_bytes=2**40), "a history of"),
+        (lambda h: h.update(precision="int3"), "unknown precision"),
+        (lambda h: h.pop("package_version"), "has no 'package_version'"),
         (
             lambda h: h["detector"].update(pc_shape=[10**9, 3]),
             "invalid detector PC shape",
@@ -820,11 +896,6 @@ def test_crafted_headers_raise(saved, edit, message):
     _edit_header(saved, edit)
     with pytest.raises(ModelFileError, match=message):
         load_model(saved)
-
-
-def _shift_code_rows(header):
-    entry = next(e for e in header["tensors"] if e["dataset"] == "network_codes")
-    entry["row"] += 1
 
 
 def _set_array(name, value):
@@ -842,11 +913,13 @@ def _drop_array(name):
 # implies, written by the model file's own writer (checksum and storage list
 # consistent with them): only the reader's own checks can catch these.
 ARRAY_CORRUPTIONS = {
-    "missing bases": ("float32", _drop_array("bases"), r"\['bases'\] are missing"),
+    # Arrays are not named in a format-5 file: one more or one less than
+    # the header implies is caught by the storage list's length.
+    "missing bases": ("float32", _drop_array("bases"), "storage list has 4 entries"),
     "extra array": (
         "float32",
         _set_array("payload", np.zeros(4, np.uint8)),
-        "unexpected array",
+        "storage list has 6 entries",
     ),
     "one basis more": (
         "float32",
@@ -854,8 +927,12 @@ ARRAY_CORRUPTIONS = {
         "declares a stream of|decodes to more",
     ),
     "one basis less": ("float32", _set_array("bases", lambda b: b[:-1]), "decodes to"),
-    "missing codes": ("int8", _drop_array("network_codes"), "missing"),
-    "missing code steps": ("int8", _drop_array("network_codes_step"), "missing"),
+    "missing codes": ("int8", _drop_array("network_codes"), "storage list has"),
+    "missing code steps": (
+        "int8",
+        _drop_array("network_codes_step"),
+        "storage list has",
+    ),
     "wrong code scale shape": (
         "int8",
         _set_array("network_codes_offset", np.zeros(3, "<f4")),
@@ -878,32 +955,36 @@ def test_crafted_arrays_raise(small_model, tmp_path, case):
         load_model(path)
 
 
-def _storage_entry(name, **changes):
+def _storage_entry(index, value):
+    """Edit storage entry ``index`` (arrays in name order: 0 is the bases)."""
+
     def edit(header):
-        entry = next(e for e in header["storage"] if e["name"] == name)
-        entry.update(changes)
+        header["storage"][index] = value(header["storage"][index])
 
     return edit
 
 
-def _swap_first_entries(header):
-    header["storage"][:2] = header["storage"][1::-1]
-
-
 STORAGE_CORRUPTIONS = {
-    "unknown codec": (_storage_entry("bases", codec="pickle"), "unknown codec"),
+    "unknown codec": (_storage_entry(0, lambda e: ["pickle", e[1]]), "unknown codec"),
     "stream longer than its array": (
-        _storage_entry("bases", bytes=10**12),
+        _storage_entry(0, lambda e: [e[0], 10**12]),
         "declares a stream of",
     ),
-    "negative length": (_storage_entry("network", bytes=-1), "declares a stream of"),
-    "length as text": (_storage_entry("network", bytes="12"), "wrong type"),
-    "out of order": (_swap_first_entries, "out of name order"),
-    "no storage list": (lambda h: h.pop("storage"), "has no 'storage'"),
-    "repeated entry": (
-        lambda h: h["storage"].append(dict(h["storage"][0])),
-        "repeats arrays",
+    "negative length": (
+        _storage_entry(0, lambda e: [e[0], -1]),
+        "declares a stream of",
     ),
+    "length as text": (_storage_entry(0, lambda e: [e[0], "12"]), "invalid storage"),
+    "entry as a dict": (
+        _storage_entry(0, lambda e: {"codec": e[0], "bytes": e[1]}),
+        "invalid storage",
+    ),
+    "no storage list": (lambda h: h.pop("storage"), "has no 'storage'"),
+    "one entry more": (
+        lambda h: h["storage"].append(list(h["storage"][0])),
+        "storage list has",
+    ),
+    "one entry less": (lambda h: h["storage"].pop(), "storage list has"),
 }
 
 
@@ -918,74 +999,108 @@ def test_crafted_storage_lists_raise(saved, case):
 def test_crafted_streams_cannot_exhaust_memory(saved):
     """A stream that would decode to far more than its array needs (an LZMA
     "bomb": 10 MB of zeros in a few kB) stops at the declared size."""
-    header, arrays = _stored(saved)
-    name = "network"
-    nbytes = arrays[name].nbytes
+    header, payload = _packed(saved)
+    arrays = _stored(saved)[1]
+    names = sorted(arrays)
+    target = names.index("network")
+    nbytes = arrays["network"].nbytes
     bomb = array_codec.lzma.compress(
         bytes(10**7),
         format=array_codec.lzma.FORMAT_RAW,
         filters=array_codec._lzma_filters(nbytes, encode=True),
     )
     assert len(bomb) < nbytes
-    streams = []
-    with h5py.File(saved) as f:
-        payload = f["payload"][()].tobytes()
-    offset = 0
-    for entry in header["storage"]:
-        stream = payload[offset : offset + entry["bytes"]]
-        offset += entry["bytes"]
-        if entry["name"] == name:
-            stream, entry["codec"], entry["bytes"] = bomb, "lzma", len(bomb)
+    streams, offset = [], 0
+    for k, entry in enumerate(header["storage"]):
+        stream = payload[offset : offset + entry[1]]
+        offset += entry[1]
+        if k == target:
+            stream, header["storage"][k] = bomb, ["lzma", len(bomb)]
         streams.append(stream)
-    with h5py.File(saved, "r+") as f:
-        del f["header"], f["payload"]
-        f["header"] = np.frombuffer(
-            array_codec.compress_text(json.dumps(header).encode()), np.uint8
-        )
-        f["payload"] = np.frombuffer(b"".join(streams), np.uint8)
+    _pack(saved, header, b"".join(streams))
     with pytest.raises(ModelFileError, match="decodes to more than"):
         load_model(saved)
 
 
 def test_a_header_that_decodes_too_large_is_refused(saved):
-    huge = array_codec.compress_text(b" " * (model_file._MAX_HEADER_BYTES + 1))
+    huge = array_codec.compress_header(b" " * (model_file._MAX_HEADER_BYTES + 1))
     with h5py.File(saved, "r+") as f:
-        del f["header"]
-        f["header"] = np.frombuffer(huge, np.uint8)
+        del f["payload"]
+        f["payload"] = _payload_of(huge)
     with pytest.raises(ModelFileError, match="decodes to more than"):
         load_model(saved)
 
 
-INT8_CORRUPTIONS = {
-    "codes in a float16 file": (
-        _set_attr("precision", "float16"),
-        "only 2D tensors of int8 files",
-    ),
-}
+def test_a_history_that_is_not_json_is_refused(saved):
+    _rewrite(
+        saved,
+        edit_arrays=_set_array("history", np.frombuffer(b"[1,", np.uint8)),
+        edit_header=lambda h: h.update(history_bytes=3),
+    )
+    with pytest.raises(ModelFileError, match="history is not valid JSON"):
+        load_model(saved)
 
 
-@pytest.mark.parametrize("case", sorted(INT8_CORRUPTIONS))
-def test_crafted_int8_files_raise(small_model, tmp_path, case):
+def test_format_5_files_declare_no_tensor_layout(small_model, tmp_path):
+    """The tensors' layout follows from the architecture and the
+    precision; the int8 file's layout codes the hidden and last layers."""
     path = small_model.save(tmp_path / "model.h5", precision="int8")
-    edit, message = INT8_CORRUPTIONS[case]
+    header, _ = _stored(path)
+    assert "tensors" not in header and "history" not in header
+    coded = [e["name"] for e in _layout(header) if e["dataset"] == "network_codes"]
+    assert coded and all(name.endswith("weight") for name in coded)
+    assert header["precision"] == "int8"
+
+
+def _format_3_copy(tmp_path):
+    path = tmp_path / "format3.h5"
+    path.write_bytes((DATA / "model_format3_int8.h5").read_bytes())
+    return path
+
+
+def _edit_format_3_header(path, edit):
+    """Format 3's header: plain JSON in a dataset of its own."""
     with h5py.File(path, "r+") as f:
-        edit(f)
-    with pytest.raises(ModelFileError, match=message):
+        header = json.loads(f["header"][()].tobytes())
+        edit(header)
+        del f["header"]
+        f["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+
+
+def _shift_code_rows(header):
+    entry = next(e for e in header["tensors"] if e["dataset"] == "network_codes")
+    entry["row"] += 1
+
+
+def test_declared_int8_code_layouts_are_checked(tmp_path):
+    """Formats 1-4 declare the tensors' layout: a reader checks it."""
+    path = _format_3_copy(tmp_path)
+    _edit_format_3_header(path, _shift_code_rows)
+    with pytest.raises(ModelFileError, match="expected 0 and 0"):
+        load_model(path)
+    path = _format_3_copy(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["precision"] = np.bytes_(b"float16")
+    with pytest.raises(ModelFileError, match="only 2D tensors of int8 files"):
+        load_model(path)
+    path = _format_3_copy(tmp_path)
+    _edit_format_3_header(path, lambda h: h.pop("tensors"))
+    with pytest.raises(ModelFileError, match="has no 'tensors'"):
         load_model(path)
 
 
-def test_int8_code_layout_is_checked(small_model, tmp_path):
+def test_a_float16_header_on_int8_arrays_is_refused(small_model, tmp_path):
     path = small_model.save(tmp_path / "model.h5", precision="int8")
-    _edit_header(path, _shift_code_rows)
-    with pytest.raises(ModelFileError, match="expected 0 and 0"):
+    _edit_header(path, lambda h: h.update(precision="float16"))
+    with pytest.raises(ModelFileError, match="storage list has|checksum"):
         load_model(path)
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8"])
-@pytest.mark.parametrize("dataset", ["payload", "header"])
-def test_flipped_bytes_are_detected(small_model, tmp_path, precision, dataset):
+@pytest.mark.parametrize("part", ["arrays", "header"])
+def test_flipped_bytes_are_detected(small_model, tmp_path, precision, part):
     path = small_model.save(tmp_path / "model.h5", precision=precision)
-    _flip_bytes(path, dataset)
+    _flip_bytes(path, part)
     # Caught by HDF5 (a compact dataset's object header has a checksum), by
     # the LZMA decoder, or by the file's SHA-256: whichever comes first.
     with pytest.raises((ValueError, OSError), match="checksum|corrupted"):

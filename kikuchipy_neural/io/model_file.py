@@ -1,29 +1,30 @@
 """The model file: one HDF5 file per :class:`~kikuchipy_neural.NeuralEBSDModel`.
 
-Layout (format version 4)
+Layout (format version 5)
 -------------------------
 Root attributes: ``format`` (``"kikuchipy-neural model"``), ``format_version``
-(int), ``package_version``, ``precision`` and ``checksum``
-(``"sha256:<hex>"``); the strings fixed-length UTF-8 (earlier files, formats
-1-3, hold variable-length ones, read alike). Two uint8 datasets:
+(int) and ``checksum`` (``"sha256:<hex>"``), the strings fixed-length UTF-8.
+One uint8 dataset, ``payload``: the header's stream length (little-endian
+uint32), the header's stream, then the arrays' streams.
 
-``header``
-    A raw LZMA2 stream (:func:`array_codec.compress_text`) of a UTF-8 JSON
-    document: the field's ``config`` (rebuilt with
-    :func:`kikuchipy_neural.fields.build_field`), the scan geometry, the
-    intensity scale, the list of tensors (name, shape, where stored),
-    detector and phases, PCA spectrum scalars, training history (its floats
-    rounded to float32 in float32 files, to 4 significant digits in float16
-    files, 3 in int8 files), options and info, and ``storage``: one entry
-    per array below, in name order, with its ``codec`` and stream length in
-    ``bytes``.
-``payload``
-    The arrays below, each as a bounded LZMA stream of its little-endian
-    bytes (:mod:`~kikuchipy_neural.io.array_codec`, the smallest of no
-    coding, LZMA2, and LZMA2 after a byte shuffle), concatenated in name
-    order. Their dtypes and shapes are not stored: they follow from the
-    header's architecture, geometry and precision, and a stream that does
-    not decode to exactly that many bytes is refused.
+The header
+    A raw deflate stream (:func:`array_codec.compress_header`, with the
+    preset dictionary of :mod:`~kikuchipy_neural.io.header_dictionary`) of
+    a UTF-8 JSON document: ``precision``, ``package_version``, the field's
+    ``config`` (rebuilt with :func:`kikuchipy_neural.fields.build_field`),
+    the scan geometry, the intensity scale, detector and phases, PCA
+    spectrum scalars, the history array's length (``history_bytes``),
+    options and info, and ``storage``: one ``[codec, bytes]`` per array
+    below, in name order.
+The arrays' streams
+    Each a bounded LZMA stream of its little-endian bytes
+    (:mod:`~kikuchipy_neural.io.array_codec`, the smallest of no coding,
+    LZMA2, and LZMA2 after a byte shuffle), concatenated in name order.
+    Their names, dtypes and shapes are not stored: they follow from the
+    header's architecture, geometry and precision (where each of the
+    field's tensors is stored follows from its shape:
+    :func:`_tensor_layout`), and a stream that does not decode to exactly
+    that many bytes is refused.
 
 The arrays:
 
@@ -58,6 +59,10 @@ The arrays:
     do not, which is why it is decided per file: one choice for all bases,
     as a codec packs rows of one kind better than a mix (choosing per basis
     made the rank-128 crop model's int8 file 18 kB larger under gzip).
+``history``
+    The training history as UTF-8 JSON (:func:`_history_json`): its floats
+    rounded to float32 in float32 files, to 4 significant digits in float16
+    files, 3 in int8 files; its ``step`` column as first differences.
 ``detector_pc``, ``scan_positions``, ``spectrum_eigenvalues``
     float64 arrays, present when the model has them.
 ``point_intensity``
@@ -65,8 +70,11 @@ The arrays:
     the network's dtype; present when the header's ``point_intensity`` is
     true (see :mod:`kikuchipy_neural.training.point_intensity`).
 
-Formats 1-3 store each array as its own HDF5 dataset of that name (gzip
-and byte shuffle from 4 kB), and the header as plain JSON bytes. Format
+Formats 1-4 have the root attributes ``package_version`` and
+``precision`` too, and a ``header`` dataset whose JSON also lists the
+tensors (name, shape, where stored) and holds the history. Formats 1-3
+store each array as its own HDF5 dataset of that name (gzip and byte
+shuffle from 4 kB), and the header as plain JSON bytes. Format
 version 1 (0.1.0.dev0 until 2026-12-01) had no ``network_codes``: its
 ``int8`` files keep the whole network in float16. Format version 2 (until
 2026-12-02) stored the 8-bit basis codes as they are. Format 3 (until
@@ -80,10 +88,17 @@ Format 4 replaced gzip with LZMA and the ten datasets with two: the real
 crop's models' int8 files 5.1-11.1 kB (13-21 %) smaller at ranks 2-8,
 float16 files 5-11 %, float32 files 3-6 %. Saving takes longer (LZMA at
 preset 9e, each array coded two or three ways): 1.4 s for a 2.2 MB float32
-file, against 0.4 s with gzip.
+file, against 0.4 s with gzip. Format 4 kept the header (with the
+``tensors`` layout, the ``history`` and a ``storage`` list of ``{"name",
+"codec", "bytes"}``) as an LZMA stream in a dataset of its own, and the
+precision and package version as root attributes. Format 5 moved the
+header into ``payload`` as a deflate stream with a preset dictionary, the
+history into an array of its own, and derives the layout: the real crop's
+rank-2 and rank-3 int8 files 1.4-1.5 kB (12 and 9 %) smaller.
 
-The checksum is a SHA-256 over every array, the header's JSON included, in
-name order: name, dtype, shape, then the little-endian bytes.
+The checksum is a SHA-256 over every array, the header's JSON (and, from
+format 5, the history's) included, in name order: name, dtype, shape, then
+the little-endian bytes.
 
 Safety
 ------
@@ -93,15 +108,16 @@ dtype, shape and storage (no external files, no virtual datasets, no filter
 other than gzip/shuffle/fletcher32, which would make HDF5 load plugins) have
 been checked against the header, and the header's architecture has been
 built on PyTorch's ``meta`` device (no memory) and checked against size
-limits. LZMA streams are decoded with a bound (the header to 64 MiB, each
-array to the bytes its checked shape needs), so a crafted stream cannot
-exhaust memory. Anything unexpected raises ``ValueError`` (content) or
+limits. Streams are decoded with a bound (the header to 64 MiB, each array to
+the bytes its checked shape needs), so a crafted stream cannot exhaust
+memory. Anything unexpected raises ``ValueError`` (content) or
 ``OSError`` (unreadable file) naming the problem.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -128,7 +144,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "kikuchipy-neural model"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # The oldest version this release reads (version 1 lacks network codes,
 # version 2 stores the basis codes undifferenced).
 OLDEST_FORMAT_VERSION = 1
@@ -137,7 +153,14 @@ _DIFFERENCED_BASES_FROM = 3
 _DIFFERENCED = "bases_differenced"  # the header's flag
 # The first version that stores its arrays as LZMA streams in one dataset.
 _STREAMS_FROM = 4
+# The first version with the header inside that dataset (a deflate stream
+# with a preset dictionary), the tensors' layout derived from the
+# architecture (_tensor_layout) and the training history an array.
+_PACKED_FROM = 5
 _PAYLOAD = "payload"
+_HISTORY = "history"
+# The header's stream length before it in the payload: little-endian uint32.
+_HEADER_LENGTH_BYTES = 4
 
 #: Storage precisions of :func:`save_model` and what each stores.
 PRECISIONS = {
@@ -166,7 +189,10 @@ _MAX_PATTERN_PIXELS = 2**24
 _MAX_EIGENVALUES = 2**24
 _MAX_ATOMS = 10_000
 
+# Root attributes of formats 1-4; format 5 keeps the package version and
+# the precision in the header, where the checksum covers them.
 _ROOT_ATTRS = {"format", "format_version", "package_version", "precision", "checksum"}
+_PACKED_ROOT_ATTRS = {"format", "format_version", "checksum"}
 _BASES = "bases"
 _CODES = "network_codes"
 # HDF5 filters that are built into HDF5 itself; any other id would make the
@@ -246,7 +272,7 @@ def save_model(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays, header = _encode(model, precision, balanced_bases)
-    _write_file(path, arrays, header, precision)
+    _write_file(path, arrays, header)
     return path
 
 
@@ -271,24 +297,24 @@ def check_save_arguments(
 
 
 def _write_file(
-    path: Path, arrays: dict[str, np.ndarray], header: dict[str, Any], precision: str
+    path: Path, arrays: dict[str, np.ndarray], header: dict[str, Any]
 ) -> None:
     """Write ``arrays`` and ``header`` (which gains the ``storage`` list) as a
     model file at ``path``, through a temporary file renamed at the end."""
     # Every array as its smallest bounded LZMA stream (array_codec), one
-    # after the other in name order in one dataset: HDF5 has no LZMA filter,
-    # and one dataset instead of ten saves ~5 kB of HDF5 structure.
+    # after the other in name order after the header, in one dataset: HDF5
+    # has no LZMA filter, and each dataset costs ~0.3 kB of HDF5 structure.
     streams, storage = [], []
     for name in sorted(arrays):
         codec, stream = array_codec.encode(arrays[name])
         streams.append(stream)
-        storage.append({"name": name, "codec": codec, "bytes": len(stream)})
+        storage.append([codec, len(stream)])
     header = {**header, "storage": storage}
     header_json = json.dumps(header, allow_nan=True, separators=(",", ":")).encode(
         "utf-8"
     )
-    from kikuchipy_neural import __version__
-
+    header_stream = array_codec.compress_header(header_json)
+    checksum = _checksum({**arrays, "header": np.frombuffer(header_json, np.uint8)})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         # HDF5 1.10's object formats (less structure than HDF5 1.8's), and
@@ -296,14 +322,9 @@ def _write_file(
         with h5py.File(tmp, "w", libver=("v110", "v110"), meta_block_size=0) as f:
             _set_string_attr(f, "format", FORMAT_NAME)
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            _set_string_attr(f, "package_version", str(__version__))
-            _set_string_attr(f, "precision", precision)
-            checksum = _checksum(
-                {**arrays, "header": np.frombuffer(header_json, np.uint8)}
-            )
             _set_string_attr(f, "checksum", checksum)
-            _write_bytes(f, "header", array_codec.compress_text(header_json))
-            _write_bytes(f, _PAYLOAD, b"".join(streams))
+            length = len(header_stream).to_bytes(_HEADER_LENGTH_BYTES, "little")
+            _write_bytes(f, _PAYLOAD, length + header_stream + b"".join(streams))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -312,12 +333,13 @@ def _write_file(
 
 def _write_bytes(f: h5py.File, name: str, data: bytes) -> None:
     """A uint8 dataset of ``data``: compact (inside its object header) where
-    HDF5 allows, which saves 0.3 kB a dataset; contiguous otherwise."""
+    HDF5 allows, which saves 0.3 kB; contiguous otherwise."""
     if len(data) > _COMPACT_MAX_BYTES:
-        f.create_dataset(name, data=np.frombuffer(data, np.uint8))
+        f.create_dataset(name, data=np.frombuffer(data, np.uint8), track_times=False)
         return
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_layout(h5py.h5d.COMPACT)
+    dcpl.set_obj_track_times(False)  # no time stamps: 16 bytes
     space = h5py.h5s.create_simple((len(data),))
     dataset = h5py.h5d.create(f.id, name.encode(), h5py.h5t.STD_U8LE, space, dcpl=dcpl)
     if data:
@@ -340,43 +362,31 @@ def _encode(
     model, precision: str, balanced_bases: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The model as named little-endian arrays and a JSON-able header."""
+    from kikuchipy_neural import __version__
+
     state = {
         k: v.detach().to("cpu", torch.float32)
         for k, v in model.field.state_dict().items()
     }
     net_dtype = np.dtype("<f4") if precision == "float32" else np.dtype("<f2")
-    tensors, network, offset = [], [], 0
-    codes, code_offset, code_row = [], 0, 0
+    network, codes = [], []
     arrays: dict[str, np.ndarray] = {}
     differenced = None  # how int8 basis codes are stored
     coefficient_rms = None
     if balanced_bases:
         state, coefficient_rms = _balanced_state(model, state)
-    for name, value in state.items():
-        entry = {"name": name, "shape": list(value.shape)}
-        if name == _BASES and value.ndim == 2:
-            entry["dataset"] = _BASES
+    shapes = {name: tuple(value.shape) for name, value in state.items()}
+    for entry in _tensor_layout(shapes, precision):
+        value = state[entry["name"]].numpy()
+        if entry["dataset"] == _BASES:
             bases, differenced = _encode_bases(
-                value.numpy(),
-                precision,
-                model.geometry.pattern_shape,
-                coefficient_rms,
+                value, precision, model.geometry.pattern_shape, coefficient_rms
             )
             arrays.update(bases)
-        elif (
-            precision == "int8"
-            and value.ndim == 2
-            and value.shape[1] >= _QUANTISE_MIN_ROW
-        ):
-            entry.update(dataset=_CODES, offset=code_offset, row=code_row)
-            codes.append(_quantise_matrix(value.numpy()))
-            code_offset += value.numel()
-            code_row += value.shape[0]
+        elif entry["dataset"] == _CODES:
+            codes.append(_quantise_matrix(value))
         else:
-            entry.update(dataset="network", offset=offset)
-            network.append(value.numpy().ravel())
-            offset += value.numel()
-        tensors.append(entry)
+            network.append(value.ravel())
     arrays["network"] = (
         np.concatenate(network) if network else np.zeros(0, np.float32)
     ).astype(net_dtype)
@@ -384,22 +394,26 @@ def _encode(
         arrays[_CODES] = np.concatenate([c.ravel() for c, _, _ in codes])
         arrays[f"{_CODES}_offset"] = np.concatenate([lo for _, lo, _ in codes])
         arrays[f"{_CODES}_step"] = np.concatenate([step for _, _, step in codes])
+    arrays[_HISTORY] = np.frombuffer(
+        _history_json(model.history, _HISTORY_DIGITS[precision]), np.uint8
+    )
 
     geometry = model.geometry.to_dict()
     positions = geometry.pop("positions", None)
     if positions is not None:
         arrays["scan_positions"] = np.asarray(positions, "<f8").reshape(-1, 2)
     header: dict[str, Any] = {
+        "precision": precision,
+        "package_version": str(__version__),
         "field": _plain(model.field.config),
         "geometry": _plain(geometry),
         "scan_positions": positions is not None,
         "intensity_range": [float(v) for v in model.intensity_range],
-        "tensors": tensors,
         "network_dtype": net_dtype.str,
         "detector": None,
         "phases": None,
         "spectrum": None,
-        "history": _rounded(_plain(model.history), _HISTORY_DIGITS[precision]),
+        "history_bytes": int(arrays[_HISTORY].size),
         "options": _plain(model.options),
         "info": _plain({k: v for k, v in model.info.items() if k != "model_file"}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -424,6 +438,36 @@ def _encode(
     if differenced is not None:
         header[_DIFFERENCED] = differenced
     return arrays, header
+
+
+def _tensor_layout(
+    shapes: dict[str, tuple[int, ...]], precision: str
+) -> list[dict[str, Any]]:
+    """Where each of the field's tensors is stored, from their shapes in
+    ``state_dict`` order: the bases (2D ``bases``) in ``bases``; at int8,
+    the weight matrices whose rows hold at least :data:`_QUANTISE_MIN_ROW`
+    values in ``network_codes`` (``offset`` into the codes, ``row`` into
+    their offsets and steps); everything else in ``network`` at ``offset``.
+
+    Format 5 derives it from the architecture (so this rule is part of the
+    format: changing it needs a new format version); formats 1-4 store it
+    in the header's ``tensors``.
+    """
+    layout, n_net, n_codes, n_rows = [], 0, 0, 0
+    for name, shape in shapes.items():
+        entry: dict[str, Any] = {"name": name, "shape": list(shape)}
+        size = math.prod(shape)
+        if name == _BASES and len(shape) == 2:
+            entry["dataset"] = _BASES
+        elif precision == "int8" and len(shape) == 2 and shape[1] >= _QUANTISE_MIN_ROW:
+            entry.update(dataset=_CODES, offset=n_codes, row=n_rows)
+            n_codes += size
+            n_rows += shape[0]
+        else:
+            entry.update(dataset="network", offset=n_net)
+            n_net += size
+        layout.append(entry)
+    return layout
 
 
 def _encode_bases(
@@ -681,6 +725,41 @@ def _rounded(obj: Any, digits: int | None) -> Any:
     return obj
 
 
+def _history_json(history: dict[str, list], digits: int | None) -> bytes:
+    """The training history as format 5 stores it: JSON, its floats
+    :func:`_rounded` to ``digits``, its ``step`` column as first differences
+    (a fixed evaluation interval then packs to a few bytes, where the steps
+    themselves took a sixth of a small file's history);
+    :func:`_parse_history` inverts it."""
+    history = _rounded(_plain(history), digits)
+    steps = history.get("step")
+    if _is_int_list(steps):
+        history["step"] = [b - a for a, b in zip([0, *steps[:-1]], steps, strict=True)]
+    return json.dumps(history, allow_nan=True, separators=(",", ":")).encode("utf-8")
+
+
+def _parse_history(raw: np.ndarray, path: Path) -> dict[str, list]:
+    """The training history of a :func:`_history_json` array."""
+    try:
+        history = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ModelFileError(
+            f"{path}: the training history is not valid JSON (corrupted?): {err}"
+        ) from None
+    if not isinstance(history, dict):
+        raise ModelFileError(f"{path}: the training history is not a JSON object")
+    steps = history.get("step")
+    if _is_int_list(steps):
+        history["step"] = list(itertools.accumulate(steps))
+    return history
+
+
+def _is_int_list(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    )
+
+
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name in sorted(arrays):
@@ -789,8 +868,9 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
     built. The compression ratio compares the file with the raw patterns of
     the training grid in the training data's dtype (``info["data_dtype"]``,
     uint16 when unknown). ``array_bytes`` gives each array's decoded size,
-    ``stored_bytes`` its size in the file (format 4: its LZMA stream; formats
-    1-3: its dataset's storage).
+    ``stored_bytes`` its size in the file (formats 4 on: its LZMA stream;
+    formats 1-3: its dataset's storage). ``header_bytes`` is the header's
+    JSON, decoded.
 
     Returns
     -------
@@ -904,23 +984,42 @@ def _read_verified(path: str | os.PathLike) -> _Content:
 
 def _read_open(f: h5py.File, path: Path) -> _Content:
     attrs = _root_attributes(f, path)
+    version = attrs["format_version"]
+    members = _check_members(f, path, version)
+    if version >= _PACKED_FROM:
+        payload = _checked_dataset(f, _PAYLOAD, np.dtype("u1"), path)
+        raw_header, start = _read_packed_header(payload, path)
+        header = _parse_header(raw_header, path)
+        attrs.update(_packed_attributes(header, path))
+    else:
+        raw_header = _read_dataset(f, "header", np.dtype("u1"), None, path)
+        if version >= _STREAMS_FROM:
+            try:
+                text = array_codec.decompress_text(
+                    raw_header.tobytes(), _MAX_HEADER_BYTES, "the header"
+                )
+            except array_codec.StreamError as err:
+                raise ModelFileError(f"{path}: {err}") from None
+            raw_header = np.frombuffer(text, np.uint8)
+        header = _parse_header(raw_header, path)
     precision = attrs["precision"]
-    streams = attrs["format_version"] >= _STREAMS_FROM
-    members = _check_members(f, path)
-    raw_header = _read_dataset(f, "header", np.dtype("u1"), None, path)
-    if streams:
-        try:
-            text = array_codec.decompress_text(
-                raw_header.tobytes(), _MAX_HEADER_BYTES, "the header"
-            )
-        except array_codec.StreamError as err:
-            raise ModelFileError(f"{path}: {err}") from None
-        raw_header = np.frombuffer(text, np.uint8)
-    header = _parse_header(raw_header, path)
-    geometry = _check_header(header, path)
+    geometry = _check_header(header, path, version)
+    if version >= _PACKED_FROM:
+        shapes = _architecture_shapes(header["field"], path)
+        header["tensors"] = _tensor_layout(shapes, precision)
     expected = _expected_arrays(header, precision, geometry, path)
-    if streams:
-        arrays, stored_bytes = _read_streams(f, header, expected, members, path)
+    if version >= _PACKED_FROM:
+        expected[_HISTORY] = (np.dtype("u1"), (header["history_bytes"],))
+        storage = _packed_storage(header, expected, path)
+        arrays, stored_bytes = _read_streams(payload, storage, expected, start, path)
+    elif version >= _STREAMS_FROM:
+        if _PAYLOAD not in members:
+            raise ModelFileError(
+                f"{path}: dataset {_PAYLOAD!r} is missing from the model file"
+            )
+        payload = _checked_dataset(f, _PAYLOAD, np.dtype("u1"), path)
+        storage = _named_storage(header, expected, path)
+        arrays, stored_bytes = _read_streams(payload, storage, expected, 0, path)
     else:
         arrays, stored_bytes = _read_datasets(f, expected, members, path)
     arrays["header"] = raw_header
@@ -929,11 +1028,9 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
             f"{path}: checksum mismatch, the file's arrays were altered or corrupted "
             f"after it was written (stored {attrs['checksum']}, computed {_checksum(arrays)})"
         )
-    if (
-        precision == "int8"
-        and _BASES in arrays
-        and attrs["format_version"] >= _DIFFERENCED_BASES_FROM
-    ):
+    if _HISTORY in arrays:
+        header["history"] = _parse_history(arrays[_HISTORY], path)
+    if precision == "int8" and _BASES in arrays and version >= _DIFFERENCED_BASES_FROM:
         differenced = header.get(_DIFFERENCED)
         if not isinstance(differenced, bool):
             raise ModelFileError(
@@ -956,10 +1053,45 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
         arrays,
         geometry,
         precision,
-        attrs["format_version"],
+        version,
         attrs["package_version"],
         stored_bytes,
     )
+
+
+def _read_packed_header(payload: h5py.Dataset, path: Path) -> tuple[np.ndarray, int]:
+    """Format 5 on: the header's JSON bytes, from the start of ``payload``,
+    and where the arrays' streams start."""
+    n = _HEADER_LENGTH_BYTES
+    if payload.ndim != 1 or payload.shape[0] < n:
+        raise ModelFileError(
+            f"{path}: dataset {_PAYLOAD!r} has shape {payload.shape}; expected a byte "
+            "string that starts with the header"
+        )
+    size = int.from_bytes(payload[:n].tobytes(), "little")
+    if size > min(payload.shape[0] - n, _MAX_HEADER_BYTES):
+        raise ModelFileError(
+            f"{path}: dataset {_PAYLOAD!r} declares a header of {size} bytes in "
+            f"{payload.shape[0]} bytes (corrupted?)"
+        )
+    try:
+        text = array_codec.decompress_header(
+            payload[n : n + size].tobytes(), _MAX_HEADER_BYTES, "the header"
+        )
+    except array_codec.StreamError as err:
+        raise ModelFileError(f"{path}: {err}") from None
+    return np.frombuffer(text, np.uint8), n + size
+
+
+def _packed_attributes(header: dict, path: Path) -> dict[str, str]:
+    """Format 5 on: the precision and package version, which the header holds."""
+    precision = _need(header, "precision", str, path)
+    if precision not in PRECISIONS:
+        raise ModelFileError(f"{path}: unknown precision {precision!r:.40}")
+    return {
+        "precision": precision,
+        "package_version": _need(header, "package_version", str, path),
+    }
 
 
 def _read_datasets(
@@ -984,21 +1116,9 @@ def _read_datasets(
     return arrays, {name: int(f[name].id.get_storage_size()) for name in expected}
 
 
-def _read_streams(
-    f: h5py.File, header: dict, expected: dict, members: set[str], path: Path
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Format 4 on: every array an :mod:`array_codec` stream in ``payload``,
-    in name order, as the header's ``storage`` list declares."""
-    extra = sorted(members - {"header", _PAYLOAD})
-    if extra:
-        raise ModelFileError(
-            f"{path}: unexpected dataset(s) {extra} in the model file; refusing to load "
-            "a file with content this format does not define"
-        )
-    if _PAYLOAD not in members:
-        raise ModelFileError(
-            f"{path}: dataset {_PAYLOAD!r} is missing from the model file"
-        )
+def _named_storage(header: dict, expected: dict, path: Path) -> list[dict]:
+    """Format 4: the header's ``storage`` list, one ``{"name", "codec",
+    "bytes"}`` per expected array, in name order."""
     storage = _need(header, "storage", list, path)
     for entry in storage:
         if not isinstance(entry, dict):
@@ -1022,6 +1142,39 @@ def _read_streams(
         raise ModelFileError(
             f"{path}: the header's storage list repeats arrays or is out of name order"
         )
+    return storage
+
+
+def _packed_storage(header: dict, expected: dict, path: Path) -> list[dict]:
+    """Format 5 on: the header's ``storage`` list, one ``[codec, bytes]``
+    per expected array in name order, as :func:`_named_storage` gives it."""
+    storage = _need(header, "storage", list, path)
+    if len(storage) != len(expected):
+        raise ModelFileError(
+            f"{path}: the header's storage list has {len(storage)} entries, but the "
+            f"header implies {len(expected)} arrays ({', '.join(sorted(expected))})"
+        )
+    out = []
+    for name, entry in zip(sorted(expected), storage, strict=True):
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not isinstance(entry[1], int)
+            or isinstance(entry[1], bool)
+        ):
+            raise ModelFileError(
+                f"{path}: invalid storage entry {entry!r:.80} for array {name!r}"
+            )
+        out.append({"name": name, "codec": entry[0], "bytes": entry[1]})
+    return out
+
+
+def _read_streams(
+    payload: h5py.Dataset, storage: list[dict], expected: dict, start: int, path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Format 4 on: every array an :mod:`array_codec` stream in ``payload``
+    from byte ``start``, in name order, as ``storage`` declares."""
     for entry in storage:
         dtype, shape = expected[entry["name"]]
         nbytes = math.prod(shape) * dtype.itemsize
@@ -1031,16 +1184,21 @@ def _read_streams(
                 f"{path}: array {entry['name']!r} declares a stream of "
                 f"{entry['bytes']} bytes for {nbytes} bytes of data"
             )
-    total = sum(e["bytes"] for e in storage)
-    payload = _read_dataset(f, _PAYLOAD, np.dtype("u1"), (total,), path)
+    total = start + sum(e["bytes"] for e in storage)
+    if tuple(payload.shape) != (total,):
+        raise ModelFileError(
+            f"{path}: dataset {_PAYLOAD!r} has shape {payload.shape}, but the header "
+            f"declares {(total,)}"
+        )
+    data = np.ascontiguousarray(payload[start:]).tobytes()
     arrays, offset = {}, 0
     for entry in storage:
         name = entry["name"]
         dtype, shape = expected[name]
-        stream = payload[offset : offset + entry["bytes"]].tobytes()
+        stream = data[offset : offset + entry["bytes"]]
         offset += entry["bytes"]
         try:
-            data = array_codec.decode(
+            decoded = array_codec.decode(
                 stream,
                 entry["codec"],
                 math.prod(shape) * dtype.itemsize,
@@ -1049,7 +1207,7 @@ def _read_streams(
             )
         except array_codec.StreamError as err:
             raise ModelFileError(f"{path}: {err}") from None
-        arrays[name] = np.frombuffer(data, dtype).reshape(shape).copy()
+        arrays[name] = np.frombuffer(decoded, dtype).reshape(shape).copy()
     return arrays, {e["name"]: e["bytes"] for e in storage}
 
 
@@ -1079,19 +1237,20 @@ def _root_attributes(f: h5py.File, path: Path) -> dict[str, Any]:
             f"{path} uses model-file format version {version}, newer than this "
             f"kikuchipy-neural reads (format {FORMAT_VERSION}); upgrade kikuchipy-neural."
         )
-    extra = sorted(names - _ROOT_ATTRS)
+    allowed = _PACKED_ROOT_ATTRS if version >= _PACKED_FROM else _ROOT_ATTRS
+    extra = sorted(names - allowed)
     if extra:
         raise ModelFileError(
             f"{path}: unexpected attribute(s) {extra} on the model file"
         )
     out = {"format_version": version}
-    for name in ("package_version", "precision", "checksum"):
+    for name in sorted(allowed - {"format", "format_version"}):
         if name not in names:
             raise ModelFileError(
                 f"{path}: attribute {name!r} is missing from the model file"
             )
         out[name] = _attr_str(f, name, path)
-    if out["precision"] not in PRECISIONS:
+    if "precision" in out and out["precision"] not in PRECISIONS:
         raise ModelFileError(f"{path}: unknown precision {out['precision']!r}")
     if not out["checksum"].startswith("sha256:"):
         raise ModelFileError(f"{path}: unknown checksum {out['checksum']!r}")
@@ -1109,7 +1268,10 @@ def _attr_str(f: h5py.File, name: str, path: Path) -> str:
     return value
 
 
-def _check_members(f: h5py.File, path: Path) -> set[str]:
+def _check_members(f: h5py.File, path: Path, version: int) -> set[str]:
+    """The names of the file's datasets, after checking that they are plain
+    datasets, no links or groups, and (formats 4 on) no others than the
+    format's."""
     names = set()
     for name in f.keys():
         link = f.get(name, getlink=True)
@@ -1128,24 +1290,26 @@ def _check_members(f: h5py.File, path: Path) -> set[str]:
                 f"{path}: {name!r} is not a dataset; model files hold no groups"
             )
         names.add(name)
-    if "header" not in names:
-        raise ModelFileError(f"{path}: dataset 'header' is missing from the model file")
+    required = {_PAYLOAD} if version >= _PACKED_FROM else {"header"}
+    for name in sorted(required - names):
+        raise ModelFileError(f"{path}: dataset {name!r} is missing from the model file")
+    if version >= _STREAMS_FROM:
+        allowed = {_PAYLOAD} if version >= _PACKED_FROM else {"header", _PAYLOAD}
+        extra = sorted(names - allowed)
+        if extra:
+            raise ModelFileError(
+                f"{path}: unexpected dataset(s) {extra} in the model file; refusing to "
+                "load a file with content this format does not define"
+            )
     return names
 
 
 def _read_dataset(
     f: h5py.File, name: str, dtype: np.dtype, shape, path: Path
 ) -> np.ndarray:
-    ds = f[name]
-    if ds.attrs.keys():
-        raise ModelFileError(
-            f"{path}: unexpected attribute(s) {list(ds.attrs)} on dataset {name!r}"
-        )
-    if ds.dtype != dtype:
-        raise ModelFileError(
-            f"{path}: dataset {name!r} has dtype {ds.dtype}, expected {dtype} (a crafted "
-            "or corrupted file; object, string and reference dtypes are never read)"
-        )
+    """The whole of dataset ``name`` (:func:`_checked_dataset`) of ``shape``,
+    or, for ``shape=None``, a byte string no longer than a header may be."""
+    ds = _checked_dataset(f, name, dtype, path)
     if shape is None:  # the header: a bounded byte string
         if ds.ndim != 1 or ds.shape[0] > _MAX_HEADER_BYTES:
             raise ModelFileError(
@@ -1155,6 +1319,25 @@ def _read_dataset(
     elif tuple(ds.shape) != tuple(shape):
         raise ModelFileError(
             f"{path}: dataset {name!r} has shape {ds.shape}, but the header declares {tuple(shape)}"
+        )
+    return np.ascontiguousarray(ds[()])
+
+
+def _checked_dataset(
+    f: h5py.File, name: str, dtype: np.dtype, path: Path
+) -> h5py.Dataset:
+    """Dataset ``name``, unread, after checking that it has ``dtype``, no
+    attributes, no data outside the file and no filter that would make
+    HDF5 load a plugin."""
+    ds = f[name]
+    if ds.attrs.keys():
+        raise ModelFileError(
+            f"{path}: unexpected attribute(s) {list(ds.attrs)} on dataset {name!r}"
+        )
+    if ds.dtype != dtype:
+        raise ModelFileError(
+            f"{path}: dataset {name!r} has dtype {ds.dtype}, expected {dtype} (a crafted "
+            "or corrupted file; object, string and reference dtypes are never read)"
         )
     if ds.is_virtual or ds.external:
         raise ModelFileError(
@@ -1168,7 +1351,7 @@ def _read_dataset(
                 f"{path}: dataset {name!r} uses HDF5 filter {code}, which would need a plugin; "
                 "model files use gzip and shuffle only"
             )
-    return np.ascontiguousarray(ds[()])
+    return ds
 
 
 def _parse_header(raw: np.ndarray, path: Path) -> dict[str, Any]:
@@ -1200,8 +1383,9 @@ def _as_tuple(types) -> tuple:
     return types if isinstance(types, tuple) else (types,)
 
 
-def _check_header(header: dict, path: Path) -> ScanGeometry:
-    """Validate the header's structure and the sizes it declares."""
+def _check_header(header: dict, path: Path, version: int) -> ScanGeometry:
+    """Validate the header's structure and the sizes it declares (format
+    ``version``)."""
     field_cfg = _need(header, "field", dict, path)
     _need(field_cfg, "formulation", str, path, "header['field']")
     g = _need(header, "geometry", dict, path)
@@ -1244,7 +1428,8 @@ def _check_header(header: dict, path: Path) -> ScanGeometry:
         isinstance(v, int | float) and math.isfinite(v) for v in lo_hi
     ):
         raise ModelFileError(f"{path}: invalid intensity range {lo_hi!r:.80}")
-    tensors = _need(header, "tensors", list, path)
+    # Format 5 on: derived from the architecture (_tensor_layout).
+    tensors = [] if version >= _PACKED_FROM else _need(header, "tensors", list, path)
     for entry in tensors:
         if not isinstance(entry, dict):
             raise ModelFileError(f"{path}: invalid tensor entry {entry!r:.80}")
@@ -1269,7 +1454,13 @@ def _check_header(header: dict, path: Path) -> ScanGeometry:
         raise ModelFileError(
             f"{path}: unknown network dtype {header['network_dtype']!r}"
         )
-    for key in ("history", "options", "info"):
+    if version >= _PACKED_FROM:
+        n = _need(header, "history_bytes", int, path)
+        if not 0 <= n <= _MAX_HEADER_BYTES:
+            raise ModelFileError(f"{path}: the header declares a history of {n} bytes")
+    else:
+        _need(header, "history", dict, path)
+    for key in ("options", "info"):
         _need(header, key, dict, path)
     for key in ("detector", "spectrum"):
         _need(header, key, dict | type(None), path)
