@@ -177,7 +177,9 @@ PRECISIONS = {
 # quarter of what the codes save over float16); shorter rows, of the narrow
 # networks of the smallest files, share their matrix's, repeated per row
 # (the format has one per row), which the codec packs to a few bytes. (Until
-# 2026-12-03 rows shorter than 32 stayed float16.)
+# 2026-12-03 rows shorter than 32 stayed float16.) Format 5 derives which
+# matrices are coded from _QUANTISE_MIN_ROW (_tensor_layout): changing it
+# needs a new format version.
 _QUANTISE_MIN_ROW = 8
 _OWN_STEP_MIN_ROW = 32
 
