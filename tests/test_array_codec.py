@@ -89,35 +89,41 @@ def test_streams_decode_to_exactly_their_declared_bytes():
         array_codec.decode(_stream_of(bytes(6), 6), "shuffle-lzma", 6, 4, "x")
 
 
-def test_header_streams_are_bounded():
+def _format_4_header_stream(text: bytes) -> bytes:
+    """How format 4 wrote its headers."""
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 2**20}]
+    return lzma.compress(text, format=lzma.FORMAT_RAW, filters=filters)
+
+
+@pytest.mark.parametrize(
+    ("compress", "decompress", "garbage", "not_a_stream"),
+    [
+        (
+            array_codec.compress_header,
+            array_codec.decompress_header,
+            b"\xff\xff\xff\xff",
+            "deflate",
+        ),
+        (
+            _format_4_header_stream,
+            array_codec.decompress_text,
+            b"\x80\x04K\x01.",
+            "LZMA",
+        ),
+    ],
+)
+def test_header_streams_are_bounded(compress, decompress, garbage, not_a_stream):
     text = b'{"a": 1}' * 1000
-    stream = array_codec.compress_header(text)
-    assert array_codec.decompress_header(stream, 10**6, "h") == text
+    stream = compress(text)
+    assert decompress(stream, 10**6, "h") == text
     with pytest.raises(StreamError, match="h decodes to more than 100 bytes"):
-        array_codec.decompress_header(stream, 100, "h")
-    with pytest.raises(StreamError, match="not a deflate stream"):
-        array_codec.decompress_header(b"\xff\xff\xff\xff", 10**6, "h")
+        decompress(stream, 100, "h")
+    with pytest.raises(StreamError, match=f"not an? {not_a_stream} stream"):
+        decompress(garbage, 10**6, "h")
     with pytest.raises(StreamError, match="truncated"):
-        array_codec.decompress_header(stream[:-4], 10**6, "h")
+        decompress(stream[:-4], 10**6, "h")
     with pytest.raises(StreamError, match="trailing data"):
-        array_codec.decompress_header(stream + b"x", 10**6, "h")
-
-
-def test_format_4_header_streams_are_bounded():
-    text = b'{"a": 1}' * 1000
-    # How format 4 wrote its headers.
-    stream = lzma.compress(
-        text,
-        format=lzma.FORMAT_RAW,
-        filters=[{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 2**20}],
-    )
-    assert array_codec.decompress_text(stream, 10**6, "h") == text
-    with pytest.raises(StreamError, match="h decodes to more than 100 bytes"):
-        array_codec.decompress_text(stream, 100, "h")
-    with pytest.raises(StreamError, match="not an LZMA stream"):
-        array_codec.decompress_text(b"\x80\x04K\x01.", 10**6, "h")
-    with pytest.raises(StreamError, match="truncated"):
-        array_codec.decompress_text(stream[:-4], 10**6, "h")
+        decompress(stream + b"x", 10**6, "h")
 
 
 def test_the_header_dictionary_never_changes():

@@ -742,14 +742,7 @@ def _history_json(history: dict[str, list], digits: int | None) -> bytes:
 
 def _parse_history(raw: np.ndarray, path: Path) -> dict[str, list]:
     """The training history of a :func:`_history_json` array."""
-    try:
-        history = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ModelFileError(
-            f"{path}: the training history is not valid JSON (corrupted?): {err}"
-        ) from None
-    if not isinstance(history, dict):
-        raise ModelFileError(f"{path}: the training history is not a JSON object")
+    history = _parse_json_object(raw, path, "the training history")
     steps = history.get("step")
     if _is_int_list(steps):
         history["step"] = list(itertools.accumulate(steps))
@@ -991,7 +984,7 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
     if version >= _PACKED_FROM:
         payload = _checked_dataset(f, _PAYLOAD, np.dtype("u1"), path)
         raw_header, start = _read_packed_header(payload, path)
-        header = _parse_header(raw_header, path)
+        header = _parse_json_object(raw_header, path, "the header")
         attrs.update(_packed_attributes(header, path))
     else:
         raw_header = _read_dataset(f, "header", np.dtype("u1"), None, path)
@@ -1003,7 +996,7 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
             except array_codec.StreamError as err:
                 raise ModelFileError(f"{path}: {err}") from None
             raw_header = np.frombuffer(text, np.uint8)
-        header = _parse_header(raw_header, path)
+        header = _parse_json_object(raw_header, path, "the header")
     precision = attrs["precision"]
     geometry = _check_header(header, path, version)
     if version >= _PACKED_FROM:
@@ -1356,16 +1349,17 @@ def _checked_dataset(
     return ds
 
 
-def _parse_header(raw: np.ndarray, path: Path) -> dict[str, Any]:
+def _parse_json_object(raw: np.ndarray, path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in the UTF-8 bytes ``raw`` (``what``: for messages)."""
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
+        value = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ModelFileError(
-            f"{path}: the header is not valid JSON (corrupted?): {err}"
+            f"{path}: {what} is not valid JSON (corrupted?): {err}"
         ) from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: the header is not a JSON object")
-    return header
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path}: {what} is not a JSON object")
+    return value
 
 
 def _need(d: dict, key: str, types, path: Path, where: str = "header"):
