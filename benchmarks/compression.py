@@ -412,19 +412,14 @@ def _payload_bytes(path: str | Path, skip_prefix: str | None = None) -> int:
 
     from kikuchipy_neural.io.model_file import file_summary
 
+    summary = file_summary(path)
+    if summary["format_version"] >= 4:
+        return summary["header_stored_bytes"] + sum(
+            n
+            for name, n in summary["stored_bytes"].items()
+            if skip_prefix is None or not name.startswith(skip_prefix)
+        )
     with h5py.File(path, "r") as f:
-        version = int(f.attrs["format_version"])
-        if version >= 4:
-            stored = file_summary(path)["stored_bytes"]
-            if version >= 5:  # the header's stream opens the payload, after its length
-                header = int.from_bytes(f["payload"][:4].tobytes(), "little")
-            else:
-                header = f["header"].id.get_storage_size()
-            return header + sum(
-                n
-                for name, n in stored.items()
-                if skip_prefix is None or not name.startswith(skip_prefix)
-            )
         total = 0
         for name in f:
             if skip_prefix is None or not name.startswith(skip_prefix):

@@ -69,10 +69,15 @@ def _stored(path):
     checks: what a crafted file starts from."""
     header, payload = _packed(path)
     geometry = model_file._check_header(header, path, 5)
+    shapes = model_file._architecture_shapes(header["field"], path)
     expected = model_file._expected_arrays(
-        {**header, "tensors": _layout(header)}, header["precision"], geometry, path
+        {**header, "tensors": _layout(header)},
+        header["precision"],
+        geometry,
+        shapes,
+        5,
+        path,
     )
-    expected["history"] = (np.dtype("u1"), (header["history_bytes"],))
     arrays, offset = {}, 0
     for name, (codec, nbytes) in zip(sorted(expected), header["storage"], strict=True):
         dtype, shape = expected[name]
@@ -1147,6 +1152,10 @@ def test_file_summary_sizes(small_model, saved):
     assert s["rank"] == small_model.rank
     assert s["n_network_parameters"] + s["n_basis_values"] == small_model.n_parameters
     assert s["array_bytes"]["bases"] == small_model.rank * 40 * 40 * 4
+    # The payload: the header's stream after its 4-byte length, then the arrays'.
+    with h5py.File(saved) as f:
+        payload = f["payload"].size
+    assert payload == 4 + s["header_stored_bytes"] + sum(s["stored_bytes"].values())
     s8 = file_summary(small_model.save(saved.with_name("int8.h5"), precision="int8"))
     assert s8["n_network_parameters"] == s["n_network_parameters"]
     assert s8["array_bytes"]["bases"] == small_model.rank * 40 * 40

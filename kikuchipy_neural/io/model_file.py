@@ -865,7 +865,9 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
     uint16 when unknown). ``array_bytes`` gives each array's decoded size,
     ``stored_bytes`` its size in the file (formats 4 on: its LZMA stream;
     formats 1-3: its dataset's storage). ``header_bytes`` is the header's
-    JSON, decoded.
+    JSON, decoded; ``header_stored_bytes`` its size in the file (formats 5
+    on: its stream, without the stream's length before it; formats 1-4: its
+    dataset's storage).
 
     Returns
     -------
@@ -906,6 +908,7 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
         "array_bytes": {k: int(v.nbytes) for k, v in arrays.items() if k != "header"},
         "stored_bytes": content.stored_bytes,
         "header_bytes": int(arrays["header"].nbytes),
+        "header_stored_bytes": content.header_stored_bytes,
         "raw_dtype": dtype_name,
         "raw_bytes": int(raw_bytes),
         "compression_ratio": raw_bytes / file_bytes,
@@ -942,9 +945,11 @@ class _Content:
         format_version,
         package_version,
         stored_bytes,
+        header_stored_bytes,
     ):
         self.header = header
         self.stored_bytes = stored_bytes
+        self.header_stored_bytes = header_stored_bytes
         self.arrays = arrays
         self.geometry = geometry
         self.precision = precision
@@ -984,10 +989,12 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
     if version >= _PACKED_FROM:
         payload = _checked_dataset(f, _PAYLOAD, np.dtype("u1"), path)
         raw_header, start = _read_packed_header(payload, path)
+        header_stored_bytes = start - _HEADER_LENGTH_BYTES
         header = _parse_json_object(raw_header, path, "the header")
         attrs.update(_packed_attributes(header, path))
     else:
         raw_header = _read_dataset(f, "header", np.dtype("u1"), None, path)
+        header_stored_bytes = int(f["header"].id.get_storage_size())
         if version >= _STREAMS_FROM:
             try:
                 text = array_codec.decompress_text(
@@ -999,12 +1006,11 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
         header = _parse_json_object(raw_header, path, "the header")
     precision = attrs["precision"]
     geometry = _check_header(header, path, version)
+    shapes = _architecture_shapes(header["field"], path)
     if version >= _PACKED_FROM:
-        shapes = _architecture_shapes(header["field"], path)
         header["tensors"] = _tensor_layout(shapes, precision)
-    expected = _expected_arrays(header, precision, geometry, path)
+    expected = _expected_arrays(header, precision, geometry, shapes, version, path)
     if version >= _PACKED_FROM:
-        expected[_HISTORY] = (np.dtype("u1"), (header["history_bytes"],))
         storage = _packed_storage(header, expected, path)
         arrays, stored_bytes = _read_streams(payload, storage, expected, start, path)
     elif version >= _STREAMS_FROM:
@@ -1051,6 +1057,7 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
         version,
         attrs["package_version"],
         stored_bytes,
+        header_stored_bytes,
     )
 
 
@@ -1490,9 +1497,17 @@ def _architecture_shapes(config: dict, path: Path) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-def _expected_arrays(header: dict, precision: str, geometry: ScanGeometry, path: Path):
-    """``{dataset: (dtype, shape)}`` that the header implies, sizes checked."""
-    shapes = _architecture_shapes(header["field"], path)
+def _expected_arrays(
+    header: dict,
+    precision: str,
+    geometry: ScanGeometry,
+    shapes: dict[str, tuple[int, ...]],
+    version: int,
+    path: Path,
+) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """``{array: (dtype, shape)}`` that the header of a format-``version``
+    file implies, for the architecture's parameter ``shapes``
+    (:func:`_architecture_shapes`), sizes checked."""
     field_shape = header["field"].get("pattern_shape")
     if field_shape is not None and tuple(field_shape) != tuple(geometry.pattern_shape):
         raise ModelFileError(
@@ -1575,6 +1590,8 @@ def _expected_arrays(header: dict, precision: str, geometry: ScanGeometry, path:
         if not 0 <= n <= min(geometry.n_pixels, _MAX_EIGENVALUES):
             raise ModelFileError(f"{path}: the spectrum declares {n} eigenvalues")
         expected["spectrum_eigenvalues"] = (np.dtype("<f8"), (n,))
+    if version >= _PACKED_FROM:
+        expected[_HISTORY] = (np.dtype("u1"), (header["history_bytes"],))
     return expected
 
 
