@@ -537,9 +537,36 @@ def _print_summary(s: dict[str, Any]) -> None:
         rows.append(
             ("bases refit", f"least squares on {refit['points']} points, {outcome}")
         )
+    validation = t.get("validation")
+    if validation:
+        rows.append(("held out", validation_summary(validation)))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def validation_summary(report: dict[str, Any]) -> str:
+    """One line of :attr:`NeuralEBSDModel.validation`: MAE of the field and
+    the baselines on the held-out points, and the verdict."""
+    names = {"field": "field", "interpolation": "interpolation", "pca": "PCA"}
+    # A masked fit is judged against interpolation only (PCA reads the
+    # pattern it projects, which a masked point does not have).
+    shown = [k for k in names if not (k == "pca" and report.get("masked"))]
+    parts = [
+        f"{names[key]} {report['mae'][key]:.1f}"
+        for key in shown
+        if report["mae"].get(key) is not None
+    ]
+    verdict = (
+        "worse than " + " and ".join(names[k] for k in report["worse_than"]) + "!"
+        if report["worse_than"]
+        else "no baseline better"
+    )
+    return (
+        f"MAE on {report['n_points']} points it never trained on: "
+        + ", ".join(parts)
+        + f" counts ({verdict})"
+    )
 
 
 @command(

@@ -44,7 +44,6 @@ class DemoConfig:
             fit_options=(
                 ("siren_width", 128),
                 ("siren_layers", 3),
-                ("first_omega_0", 8.0),
                 ("eval_every", 10),
                 ("patience", 5),
                 ("warm_start_patience", 8),
@@ -62,6 +61,26 @@ def _ipf_rgb(xmap) -> np.ndarray:
     orientations = Orientation(xmap.rotations, symmetry=phase.point_group)
     key = IPFColorKeyTSL(phase.point_group.laue, direction=Vector3d.zvector())
     return key.orientation2color(orientations).reshape(*xmap.shape, 3)
+
+
+def _validation_rows(report: dict[str, Any] | None) -> dict[str, Any]:
+    """Summary rows of the fit's held-out report (model.validation)."""
+    if not report:
+        return {}
+    n = report["n_points"]
+    rows = {
+        f"held-out MAE vs measured, {name} ({n} points never trained on)": round(
+            report["mae"][key], 1
+        )
+        for key, name in (
+            ("field", "field"),
+            ("interpolation", "linear interpolation"),
+            ("pca", "PCA at the same rank"),
+        )
+        if report["mae"].get(key) is not None
+    }
+    rows["field worse than"] = ", ".join(report["worse_than"]) or "no baseline"
+    return rows
 
 
 def _save(fig, path: Path) -> str:
@@ -231,6 +250,7 @@ def run_demo(
         ),
         ">= 4 deg, measured indexing vs truth (%)": round(100 * frac_meas_truth, 2),
         ">= 4 deg, reconstructed indexing vs truth (%)": round(100 * frac_rec_truth, 2),
+        **_validation_rows(model.validation),
         "model file (bytes, float16)": file_bytes,
         "raw uint16 patterns (bytes)": raw_bytes,
         "compression ratio": round(raw_bytes / file_bytes, 1),

@@ -313,6 +313,40 @@ class ScanGeometry:
         x, y = np.meshgrid(*axes)
         return np.stack([x, y], axis=-1)
 
+    def point_spacing(self, flat_index: np.ndarray | None = None) -> float:
+        """Typical distance between neighbouring points of a subset of the scan.
+
+        The median over the points of the distance to their third nearest
+        neighbour (the second on a line scan): one step for the full grid,
+        or any region of it, also with a few points missing (the edges and
+        scattered holes keep three neighbours one step away); ``k`` steps
+        for a ``[::k, ::k]`` subgrid; about ``0.9 / sqrt(density)`` for
+        points drawn at random; the lattice constant of a hexagonal grid.
+        This is the distance a field trained on those points has to
+        interpolate over, so it sets the coordinate frequencies of the
+        fields (see :class:`kikuchipy_neural.training.FitOptions`).
+
+        Parameters
+        ----------
+        flat_index
+            Flat (row-major) indices of the points; default all.
+
+        Returns
+        -------
+        spacing
+            In calibrated units; :attr:`step` for too few points.
+        """
+        from scipy.spatial import cKDTree
+
+        index = np.arange(self.n_points) if flat_index is None else flat_index
+        xy = self.index_to_xy(np.asarray(index, dtype=np.int64).ravel())
+        line = not self.scattered and min(self.nx, self.ny) == 1
+        k = 2 if line else 3
+        if len(xy) <= k:
+            return self.step
+        distance = cKDTree(xy).query(xy, k=k + 1)[0][:, k]
+        return float(np.median(distance))
+
     def check_inside(self, xy: np.ndarray, extrapolate: bool = False) -> None:
         """Raise ``ValueError`` for points outside the scanned rectangle.
 

@@ -285,6 +285,16 @@ def test_auto_thresholds_bimodal(rng):
         B.auto_thresholds(np.zeros(10))
 
 
+def test_auto_thresholds_unimodal_ripples_give_no_boundary(rng):
+    """One mode (the ripples of a map without boundaries): ISODATA would
+    split it anyway; the thresholds stay far above all of it."""
+    ripples = rng.lognormal(np.log(0.05), 0.4, 20000)
+    low, high = B.auto_thresholds(ripples, ripples[::10])
+    assert high >= B.HIGH_CONTRAST * np.percentile(ripples, 25) * 0.999
+    assert low >= B.LOW_CONTRAST * np.percentile(ripples, 25) * 0.999
+    assert ripples.max() < low <= high
+
+
 def test_non_maximum_suppression_thin():
     x = np.arange(40) / 4.0
     strength = np.exp(-((x - 5.1) ** 2))[None, :].repeat(5, axis=0)
@@ -465,3 +475,46 @@ def test_hough_baseline(two_grain):
     high = ob.points[ob.select(10)]
     assert len(high) >= 6
     assert np.median(np.abs(high[:, 0] - 7.5)) < 1e-6
+
+
+# ------------------------------------------- defaults on fitted fields
+
+
+def _default_fit(s):
+    """A fit with the package's default coordinate frequency."""
+    from conftest import FAST_FIT
+
+    options = {k: v for k, v in FAST_FIT.items() if k != "first_omega_0"}
+    s.fit_neural(seed=0, **options)
+    return s
+
+
+def test_map_without_boundaries_gives_no_trace():
+    """One grain and Poisson noise: the field's ripples are no boundary."""
+    from orix.quaternion import Rotation
+
+    from kikuchipy_neural.data import Microstructure, synthetic_polycrystal
+
+    grain = Microstructure.from_seeds(
+        [[8.0, 8.0]], Rotation.from_axes_angles([1, 2, 3], 0.4)
+    )
+    s = synthetic_polycrystal((16, 16), (32, 32), microstructure=grain, seed=1)
+    s.set_signal_type("NeuralEBSD")
+    s = _default_fit(s)
+    trace = s.neural_boundaries(show_progressbar=False)
+    assert trace.polylines == [] and len(trace.points) == 0
+    assert s.neural_grains(show_progressbar=False).n_grains == 1
+
+
+def test_one_straight_boundary_gives_one_polyline():
+    from kikuchipy_neural.data import two_grain_map
+
+    s = two_grain_map((16, 16), (32, 32), seed=1)
+    truth = s.truth
+    s.set_signal_type("NeuralEBSD")
+    s = _default_fit(s)
+    trace = s.neural_boundaries(show_progressbar=False)
+    assert len(trace.polylines) == 1
+    line = trace.polylines[0]
+    assert np.ptp(line[:, 1]) > 14  # from the top of the scan to its bottom
+    assert np.abs(trace.points[:, 0] - truth.boundary_x).max() < 0.3

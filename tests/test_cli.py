@@ -70,6 +70,13 @@ def test_info_prints_the_compression_ratio(small_model, model_path, capsys):
         refit["validation_mae_before"], refit["validation_mae_after"]
     )
     assert f"validation MAE {before} -> {after} counts" in out
+    # The held-out report of the fit, against its baselines.
+    report = small_model.validation
+    line = next(row for row in out.splitlines() if row.startswith("held out "))
+    assert f"MAE on {report['n_points']} points it never trained on" in line
+    assert f"field {report['mae']['field']:.1f}" in line
+    assert f"interpolation {report['mae']['interpolation']:.1f}" in line
+    assert ("worse than" in line) == bool(report["worse_than"])
     assert cli.main(["info", str(model_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["raw_bytes"] == 460800

@@ -19,6 +19,7 @@ import kikuchipy_neural as kn
 from kikuchipy_neural.fields import FIELDS, FourierFeatures, JointField, build_field
 from kikuchipy_neural.fields import joint as joint_module
 from kikuchipy_neural.fields.joint import curriculum_scale, detector_coordinates
+from kikuchipy_neural.training.fit import coordinate_frequencies
 from kikuchipy_neural.training.options import FORMULATION_DEFAULTS, FitOptions
 
 # A small joint network that fits small_map in ~20 s on one core; the
@@ -225,7 +226,12 @@ def test_no_fourier_features():
 def test_joint_defaults_are_the_papers():
     opts = FitOptions.from_kwargs(formulation="joint")
     assert (opts.siren_width, opts.siren_layers) == (256, 5)
-    assert (opts.first_omega_0, opts.hidden_omega_0) == (30.0, 30.0)
+    # The paper's first-layer frequency, positions scaled per training
+    # spacing (None: chosen by the fit).
+    assert (opts.first_omega_0, opts.hidden_omega_0) == (None, 30.0)
+    assert opts.position_scale is None
+    freq = coordinate_frequencies("joint", opts, spacing=2 / 63)
+    assert freq == {"first_omega_0": 30.0, "position_scale": pytest.approx(1.0)}
     assert (opts.fourier_features, opts.fourier_sigma) == (256, 3.0)
     assert (opts.curriculum_start, opts.curriculum_steps) == (0.25, 20_000)
     assert (opts.sampler, opts.batch_size, opts.lr) == ("coordinates", 32768, 1e-4)

@@ -69,9 +69,7 @@ print(s, truth, sep="\n")
 # %%
 s.set_signal_type("NeuralEBSD")
 options = (
-    dict(siren_width=128, siren_layers=3, first_omega_0=8.0, eval_every=10, patience=5)
-    if FAST
-    else {}
+    dict(siren_width=128, siren_layers=3, eval_every=10, patience=5) if FAST else {}
 )
 model = s.fit_neural(show_progressbar=not FAST, **options)
 print(model)

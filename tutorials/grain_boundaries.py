@@ -75,14 +75,12 @@ print(truth)
 # %% [markdown]
 # ## Fit the field
 # Default options (the paper's network) take a minute or two for this map on
-# two CPU cores; the fast version uses a small network. `first_omega_0`
-# scales with the number of scan points across the map (about 30 for 64).
+# two CPU cores; the fast version uses a small network. The first layer's
+# frequency is set per scan step (`phase_per_step`), whatever the map's size.
 
 # %%
 options = (
-    dict(siren_width=128, siren_layers=3, first_omega_0=10.0, eval_every=10, patience=6)
-    if FAST
-    else {}
+    dict(siren_width=128, siren_layers=3, eval_every=10, patience=6) if FAST else {}
 )
 model = s.fit_neural(show_progressbar=not FAST, **options)
 print(model)

@@ -52,8 +52,8 @@ OUT = Path(os.environ.get("KIKUCHIPY_NEURAL_OUT", tempfile.mkdtemp()))
 OUT.mkdir(parents=True, exist_ok=True)
 # Small networks and patience in fast mode; the method is the same.
 FIT = (
-    dict(siren_width=128, siren_layers=3, first_omega_0=6.0, eval_every=10,
-         patience=5, warm_start_patience=8, lr_ramp_steps=20)
+    dict(siren_width=128, siren_layers=3, eval_every=10, patience=5,
+         warm_start_patience=8, lr_ramp_steps=20)
     if FAST
     else {}
 )  # fmt: skip

@@ -76,23 +76,37 @@ print(truth)
 print(f"{known.sum()} training points ({known.mean():.0%}), {held.sum()} held out")
 
 # %% [markdown]
-# The first SIREN layer's frequency `first_omega_0` decides how the field
-# interpolates: neighbouring *training* points should be about 0.5 rad apart
-# in it. The training points are 2 steps apart and the longer side of the
-# scan spans 2 network units, hence the rule below. With a quarter of a small
-# scan to learn from, half the paper's SIREN width (256) also did better
-# than 512 on such maps: 25-30 % lower MAE against the truth
-# (benchmarks/README.md, Super-resolution).
+# The first SIREN layer's frequency decides how the field interpolates:
+# `fit_neural` sets it from the spacing of the points it trains on (here 2
+# steps), so that neighbouring *training* points are 0.5 rad apart in it
+# (`phase_per_step`, see `kikuchipy_neural.training.FitOptions`), on maps of
+# any size and under any mask. With a quarter of a small scan to learn from,
+# half the paper's SIREN width (256) also did better than 512 on such maps:
+# 25-30 % lower MAE against the truth (benchmarks/README.md,
+# Super-resolution).
 
 # %%
-spacing = 2 * 2.0 / (n - 1)  # network units between training points
-options = dict(
-    first_omega_0=round(1 / spacing), siren_width=256, seed=0, show_progressbar=False
-)
+options = dict(siren_width=256, seed=0, show_progressbar=False)
 if FAST:
     options.update(siren_width=128, siren_layers=3, eval_every=10, patience=6)
 model = s.fit_neural(mask=known, **options)
 print(model, model.info["stop_reason"], f"{model.info['seconds']:.0f} s")
+print(f"first_omega_0 chosen: {model.field.config['first_omega_0']:.3g}")
+
+# %% [markdown]
+# After training, the fit checks itself on points it never trained on (its
+# validation points) against linear interpolation of the training patterns,
+# and warns when the field is worse; `model.validation` holds the numbers
+# and `kikuchipy-neural info` prints them for a saved model.
+
+# %%
+report = model.validation
+print(
+    f"held-out MAE on {report['n_points']} points: field "
+    f"{report['mae']['field']:.0f}, linear interpolation "
+    f"{report['mae']['interpolation']:.0f} counts; worse than: "
+    f"{report['worse_than'] or 'nothing'}"
+)
 
 # %% [markdown]
 # Early stopping and the choice of the best parameters use the fit's
@@ -250,9 +264,7 @@ bad = np.zeros((n, n), bool)
 bad[n // 3 : n // 3 + 4, n // 2 : n // 2 + 5] = True
 bad |= np.random.default_rng(0).random((n, n)) < 0.03
 damaged.data[bad] = np.nan
-fill_options = {k: v for k, v in options.items() if k != "first_omega_0"}
-fill_options["first_omega_0"] = round((n - 1) / 2)  # all points: 1 step apart
-filled = damaged.neural_fill(bad, **fill_options)
+filled = damaged.neural_fill(bad, **options)
 print(
     f"filled {bad.sum()} points; MAE vs noise-free truth there: "
     f"{np.abs(filled.data[bad] - truth.clean[bad]).mean():.0f} counts "
@@ -294,8 +306,7 @@ hex_counts = np.random.default_rng(1).poisson(clean / truth.gain) * truth.gain
 hexscan = EBSD(hex_counts.astype(np.float32))
 hexscan.axes_manager.navigation_axes[0].units = "um"
 hexscan.set_signal_type("NeuralEBSD")
-hex_options = dict(fill_options, first_omega_0=round((n - 1) / 2 / hex_step))
-hexscan.fit_neural(positions=hex_xy, **hex_options)
+hexscan.fit_neural(positions=hex_xy, **options)
 square = hexscan.upsample(1)
 print(
     f"{len(hex_xy)} hexagonal points -> square grid {square.axes_manager.navigation_shape}"

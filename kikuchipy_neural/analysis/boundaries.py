@@ -10,9 +10,10 @@ differentiated anywhere, ridges are located below the scan step:
    times finer than the scan;
 2. non-maximum suppression along that normal (Canny's thinning);
 3. hysteresis: keep ridges that exceed a low threshold and are connected to
-   a part above a high one (automatic default: Otsu's threshold of the
+   a part above a high one (automatic default: the ISODATA threshold of the
    logarithm of the ridge maxima, which separates boundary ridges from the
-   faint ripples of grain interiors);
+   faint ripples of grain interiors, held well above the interiors' level
+   so that a map without boundaries gives none; :func:`auto_thresholds`);
 4. every ridge pixel moved to the maximum of ``S`` along its normal by a
    parabola through three values of ``S`` evaluated exactly (autograd at
    arbitrary points, no interpolation of the grid);
@@ -267,6 +268,17 @@ class OrientationBoundaries:
 # ------------------------------------------------------------- thresholds
 
 
+# The grain interiors' level of S: a low percentile of the map, which
+# boundaries (a minority of the points even in fine-grained maps) do not
+# reach. A fitted field's interiors ripple with the noise it absorbed: their
+# highest ridges stand 4-7x above this level in converged fits (up to ~14x in
+# a fit stopped early), boundaries 35-190x (benchmarks/README.md, Quality
+# across maps). A boundary must rise this many times above the interiors:
+INTERIOR_PERCENTILE = 25.0
+HIGH_CONTRAST = 16.0  # to start a boundary
+LOW_CONTRAST = 8.0  # to continue one
+
+
 def auto_thresholds(
     strength: np.ndarray, ridge_values: np.ndarray | None = None
 ) -> tuple[float, float]:
@@ -279,8 +291,15 @@ def auto_thresholds(
     halfway between the two classes' means, in the middle of the gap between
     well separated modes, where Otsu's criterion is flat and may pick the
     edge of the gap. ``low`` is the geometric mean of ``high`` and the
-    median of ``S`` over the map (the interior level), so a boundary is
-    followed while it stands clearly out of the interiors.
+    median of ``S`` over the map, so a boundary is followed while it stands
+    clearly out of the interiors.
+
+    A map without boundaries has no second mode, and ISODATA would split its
+    ripples in two all the same. So both thresholds are also held above the
+    interiors' level (the :data:`INTERIOR_PERCENTILE` of ``S``): ``high`` at
+    least :data:`HIGH_CONTRAST` times it, ``low`` at least
+    :data:`LOW_CONTRAST` times it. A map of one grain then gives no
+    boundary, and the ripples beside a boundary do not branch off it.
 
     Parameters
     ----------
@@ -308,8 +327,10 @@ def auto_thresholds(
         high = float(np.exp(threshold_isodata(log_values, nbins=1024)))
     else:
         high = float(values[0])
-    interior = float(np.median(s))
-    low = float(np.sqrt(min(interior, high) * high))
+    interior = float(np.percentile(s, INTERIOR_PERCENTILE))
+    high = max(high, HIGH_CONTRAST * interior)
+    low = float(np.sqrt(min(float(np.median(s)), high) * high))
+    low = min(max(low, LOW_CONTRAST * interior), high)
     return low, high
 
 

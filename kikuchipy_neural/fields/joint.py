@@ -1,7 +1,8 @@
 """Joint field (4D-INR): one SIREN of ``(x, y, u, v)``, the paper's baseline.
 
 The network input of a scan position ``(x, y)`` and a detector pixel
-``(u, v)`` is ``[x, y, c u, c v, gamma(c u, c v)]``: the raw coordinates and
+``(u, v)`` is ``[s x, s y, c u, c v, gamma(c u, c v)]`` (``s`` the position
+scale): the raw coordinates and
 ``m`` random Fourier features ``gamma`` of the detector coordinates
 (:class:`~kikuchipy_neural.fields.encodings.FourierFeatures`), ``4 + 2 m``
 values in all. ``c`` is the curriculum scale: training raises it from
@@ -129,6 +130,11 @@ class JointField(NeuralField):
         Number ``m`` of random Fourier frequencies of ``(u, v)``; 0: none.
     fourier_sigma
         Standard deviation of the frequencies (cycles per unit of ``u, v``).
+    position_scale
+        Factor on the network coordinates ``(x, y)`` before the first layer:
+        sets how fast the field may vary per scan step (the fit chooses it
+        from the spacing of the training points, see
+        :class:`~kikuchipy_neural.training.FitOptions`); 1 is the paper's.
     """
 
     formulation = "joint"
@@ -142,10 +148,14 @@ class JointField(NeuralField):
         hidden_omega_0: float = 30.0,
         fourier_features: int = 256,
         fourier_sigma: float = 3.0,
+        position_scale: float = 1.0,
     ) -> None:
         super().__init__(pattern_shape)
         if fourier_features < 0:
             raise ValueError(f"fourier_features must be >= 0, got {fourier_features}")
+        if not position_scale > 0:
+            raise ValueError(f"position_scale must be > 0, got {position_scale}")
+        self.position_scale = float(position_scale)
         self.fourier = (
             FourierFeatures(2, fourier_features, fourier_sigma)
             if fourier_features
@@ -169,6 +179,7 @@ class JointField(NeuralField):
             hidden_omega_0=float(hidden_omega_0),
             fourier_features=int(fourier_features),
             fourier_sigma=float(fourier_sigma),
+            position_scale=self.position_scale,
         )
 
     @property
@@ -212,13 +223,13 @@ class JointField(NeuralField):
         computes, without the split of the first layer (kept as the
         reference of the maths, for tests and timings).
         """
-        return torch.cat([xy, self.pixel_features(pixels)], dim=1)
+        return torch.cat([xy * self.position_scale, self.pixel_features(pixels)], dim=1)
 
     # --------------------------------------------------- split first layer
 
     def _position_part(self, xy: torch.Tensor) -> torch.Tensor:
         first = self.siren.net[0].linear
-        return F.linear(xy, first.weight[:, :2])
+        return F.linear(xy * self.position_scale, first.weight[:, :2])
 
     def _pixel_part(self, pixels: torch.Tensor | None) -> torch.Tensor:
         first = self.siren.net[0].linear

@@ -929,6 +929,7 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
             "n_train_points": info.get("n_train_points"),
             "n_evaluations": len(history.get("step", [])),
             "refit_bases": info.get("refit_bases"),
+            "validation": info.get("validation"),
         },
     }
 

@@ -37,6 +37,10 @@ from kikuchipy_neural.training.samplers import (
     ScoreSampler,
     band_share,
 )
+from kikuchipy_neural.training.validation import (
+    held_out_report,
+    warn_if_worse_than_baselines,
+)
 
 __all__ = ["fit"]
 
@@ -227,36 +231,74 @@ def _build_stages(
     return stages
 
 
-def _warn_if_omega_too_high(geometry: ScanGeometry, omega_0: float) -> None:
-    """Warn when the first SIREN layer cannot interpolate between scan points.
+# Half-extent, in scan steps, of the 64-point maps on which the joint
+# field's defaults were set: its positions enter at that scale per training
+# spacing whatever the map (FitOptions, coordinate frequency).
+_JOINT_REFERENCE_SPACINGS = 31.5
 
-    Sitzmann's first layer has frequencies up to ``omega_0 / 2`` per network
-    unit, so neighbouring points are ``omega_0 / 2 * step`` radians apart.
-    The paper's 30 gives about 0.5 rad on a 64-point scan; above 1 rad the
-    network sees neighbours as nearly unrelated and fits without
-    interpolating (small scans, e.g. fewer than ~30 points across).
+
+def coordinate_frequencies(
+    formulation: str, opts: FitOptions, spacing: float
+) -> dict[str, float]:
+    """The field's coordinate frequency for training points ``spacing`` apart.
+
+    ``spacing`` is in network units (see
+    :meth:`~kikuchipy_neural.geometry.ScanGeometry.point_spacing`). Sitzmann's
+    first layer has frequencies up to ``omega_0 / 2`` per network unit, so
+    ``omega_0 = 2 * phase_per_step / spacing`` puts neighbouring training
+    points ``phase_per_step`` radians apart, on any map and under any mask.
+    Returns the keyword arguments of the field's constructor.
     """
-    step = geometry.step * geometry.normalized_per_unit
-    phase = omega_0 / 2 * step
+    if formulation == "joint":
+        scale = opts.position_scale
+        if scale is None:
+            scale = 1.0 / (_JOINT_REFERENCE_SPACINGS * spacing)
+        return {
+            "first_omega_0": 30.0 if opts.first_omega_0 is None else opts.first_omega_0,
+            "position_scale": float(scale),
+        }
+    omega = opts.first_omega_0
+    if omega is None:
+        omega = 2.0 * opts.phase_per_step / spacing
+    return {"first_omega_0": float(omega)}
+
+
+def _warn_if_omega_too_high(spacing: float, omega_0: float) -> None:
+    """Warn when a given first-layer frequency cannot interpolate.
+
+    Neighbouring training points ``spacing`` (network units) apart are
+    ``omega_0 / 2 * spacing`` radians apart in the first layer; above 1 rad
+    the network sees them as nearly unrelated and fits each without
+    interpolating between them (the paper's 30 on maps of fewer than ~30
+    training points across).
+    """
+    phase = omega_0 / 2 * spacing
     if phase > 1.0:
         warnings.warn(
-            f"first_omega_0={omega_0:g} puts neighbouring scan points {phase:.1f} rad "
-            "apart in the first SIREN layer: on a scan this small the field will "
-            f"not interpolate well; consider first_omega_0={1 / step:.0f} "
-            "(0.5 rad per step).",
+            f"first_omega_0={omega_0:g} puts neighbouring training points "
+            f"{phase:.1f} rad apart in the first SIREN layer: the field will not "
+            "interpolate well between them; leave first_omega_0 unset (0.5 rad "
+            f"per training spacing, here {1 / spacing:.3g}).",
             stacklevel=3,
         )
 
 
-def _new_field(formulation: str, prep: Preprocessed, geometry: ScanGeometry, opts):
+def _new_field(
+    formulation: str,
+    prep: Preprocessed,
+    geometry: ScanGeometry,
+    opts: FitOptions,
+    spacing: float,
+):
+    frequencies = coordinate_frequencies(formulation, opts, spacing)
     if formulation == "factorized":
         field = FactorizedField(
             prep.rank,
             geometry.pattern_shape,
             width=opts.siren_width,
             layers=opts.siren_layers,
-            first_omega_0=opts.first_omega_0,
             hidden_omega_0=opts.hidden_omega_0,
+            **frequencies,
         )
         std = torch.from_numpy(prep.scores.std(axis=0).astype(np.float32)).clamp_min(
             1e-12
@@ -270,10 +312,10 @@ def _new_field(formulation: str, prep: Preprocessed, geometry: ScanGeometry, opt
             geometry.pattern_shape,
             width=opts.siren_width,
             layers=opts.siren_layers,
-            first_omega_0=opts.first_omega_0,
             hidden_omega_0=opts.hidden_omega_0,
             fourier_features=opts.fourier_features,
             fourier_sigma=opts.fourier_sigma,
+            **frequencies,
         )
     raise ValueError(
         f"Unknown formulation {formulation!r}; expected one of {sorted(FIELDS)}"
@@ -357,8 +399,6 @@ def fit(
             opts.checkpoint = os.fspath(resume)
     else:
         opts = FitOptions.from_kwargs(formulation=formulation, **options)
-        if formulation == "factorized":
-            _warn_if_omega_too_high(geometry, opts.first_omega_0)
 
     source = PatternSource(signal.data)
     if checkpoint_state is not None:
@@ -395,7 +435,11 @@ def fit(
             except Exception as error:
                 prep = error
             prep = ctx.broadcast_object(prep)
-        field = _new_field(formulation, prep, geometry, opts)
+        spacing = geometry.point_spacing(prep.train_points)
+        spacing_network = spacing * geometry.normalized_per_unit
+        if formulation == "factorized" and opts.first_omega_0 is not None:
+            _warn_if_omega_too_high(spacing_network, opts.first_omega_0)
+        field = _new_field(formulation, prep, geometry, opts, spacing_network)
     field.to(device)
 
     train_points, stage_opts, shard = prep.train_points, opts, None
@@ -486,6 +530,7 @@ def fit(
                 "n_val_points": int(len(prep.val_points)),
                 "data_dtype": str(signal.data.dtype),
                 "world_size": 1 if ctx is None else ctx.world_size,
+                "training_spacing": geometry.point_spacing(prep.train_points),
             },
             phases=None if xmap is None else xmap.phases,
             validation_points=prep.val_points,
@@ -519,6 +564,13 @@ def fit(
     finally:
         if ctx is not None:
             ctx.close()
+    # Before per-point intensities, which are fitted to the validation
+    # points' own patterns too.
+    model.info["validation"] = held_out_report(
+        model, prep, source, held, masked=not train_mask.all()
+    )
+    if ctx is None or ctx.is_main:
+        warn_if_worse_than_baselines(model.info["validation"], model.info)
     if opts.point_intensity:
         # Every point the fit was allowed to read (training and validation).
         readable = np.zeros(geometry.n_points, bool)

@@ -17,6 +17,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "FIXED_ON_RESUME",
     "FORMULATION_DEFAULTS",
@@ -71,6 +73,7 @@ FORMULATION_ONLY: dict[str, tuple[str, ...]] = {
         "refit_bases",
     ),
     "joint": (
+        "position_scale",
         "fourier_features",
         "fourier_sigma",
         "curriculum_steps",
@@ -86,7 +89,9 @@ FIXED_ON_RESUME = (
     "siren_width",
     "siren_layers",
     "first_omega_0",
+    "phase_per_step",
     "hidden_omega_0",
+    "position_scale",
     "fourier_features",
     "fourier_sigma",
     "validation_fraction",
@@ -104,7 +109,22 @@ class FitOptions:
 
     Network (factorized, the paper's)
         siren_width=512, siren_layers=5 (sine layers, input layer included),
-        first_omega_0=30, hidden_omega_0=30.
+        hidden_omega_0=30.
+    Coordinate frequency (ours; the paper's is ``first_omega_0=30``)
+        ``first_omega_0=None`` sets the first sine layer's frequency per
+        spacing of the training points (the median distance to the third
+        nearest training point: one step on a full grid, two on a
+        ``[::2, ::2]`` mask, about 1.8 on a random 25 %), so that
+        neighbouring training points are ``phase_per_step=0.5`` radians
+        apart in the first layer (Sitzmann's first-layer frequencies reach
+        ``omega_0 / 2`` per network unit): the field then behaves the same
+        per step on maps of any size and under any mask. The paper's value
+        applies to network coordinates normalised to the map, so its phase
+        per step shrinks as the map grows and jumps under a mask; a number
+        given here is used as it is. The joint field's positions are scaled
+        likewise by ``position_scale`` (None: network positions in units of
+        31.5 training spacings, the scale of a 64-point map, on which the
+        joint defaults were set).
     Loss (the paper's)
         band_weight=2 on band pixels, the ``band_top_fraction=0.15`` of pixels
         with the largest gradient magnitude of each (smoothed) pattern;
@@ -196,8 +216,10 @@ class FitOptions:
     # network
     siren_width: int = 512
     siren_layers: int = 5
-    first_omega_0: float = 30.0
+    first_omega_0: float | None = None
+    phase_per_step: float = 0.5
     hidden_omega_0: float = 30.0
+    position_scale: float | None = None
     # loss
     band_weight: float = 2.0
     band_top_fraction: float = 0.15
@@ -407,9 +429,18 @@ class FitOptions:
             raise ValueError(
                 f"grad_clip must be None (no clipping) or > 0, got {self.grad_clip!r}"
             )
-        for name in ("lr", "first_omega_0", "hidden_omega_0", "band_weight"):
+        for name in ("lr", "phase_per_step", "hidden_omega_0", "band_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("first_omega_0", "position_scale"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, int | float) and np.isfinite(value) and value > 0
+            ):
+                raise ValueError(
+                    f"{name} must be None (set per training spacing) or > 0, "
+                    f"got {value!r}"
+                )
         if not 0 < self.band_top_fraction < 1:
             raise ValueError("band_top_fraction must be in (0, 1)")
         lo, hi = self.band_fraction_range

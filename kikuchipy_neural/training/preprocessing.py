@@ -368,6 +368,9 @@ def preprocess(
                 break
             q = min(2 * q, max_q)
         rank = chosen if chosen is not None else q + 1
+        # A map with nothing above the noise (one grain) still needs one
+        # component: the factorized field has the mean and at least one basis.
+        rank = max(rank, 2)
         n_components = rank - 1
         mean, components = mean_t.numpy(), comps[:n_components]
         del x
