@@ -22,9 +22,11 @@ CALVAT_FIXTURE = (
 )
 
 # Options that make test fits take seconds; every value is a public option.
-# first_omega_0: the paper's 30 suits scans of ~64 points across; a 12-point
-# scan needs about 6 for the same phase step between neighbours (see
-# kikuchipy_neural.training.fit._warn_if_omega_too_high).
+# first_omega_0: fixed at 6, about what the default (0.5 rad per training
+# spacing, FitOptions) picks on the 12-point map (5.5), so that the tests
+# written against these fits (e.g. the 8x16 two-grain map, where it would
+# pick 7.5) keep the fits they were measured with; tests of the default
+# drop it (tests/test_coordinate_frequency.py, tests/test_validation.py).
 FAST_FIT = dict(
     siren_width=128,
     siren_layers=3,
