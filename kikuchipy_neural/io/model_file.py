@@ -148,6 +148,11 @@ import torch
 
 from kikuchipy_neural.geometry import ScanGeometry
 from kikuchipy_neural.io import array_codec, principal_axes
+from kikuchipy_neural.safe_files import (
+    check_destination,
+    remove_stale_temporaries,
+    temporary_path,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -311,10 +316,8 @@ def save_model(
         The path written.
     """
     check_save_arguments(precision, model.formulation, balanced_bases)
-    path = Path(path)
-    if not path.parent.is_dir():
-        # Else h5py's error names the temporary file, not the user's path.
-        raise FileNotFoundError(f"Cannot write {path}: no folder {path.parent}")
+    # Else h5py's error names the temporary file, not the user's path.
+    path = check_destination(path, "Cannot write the model file")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays, header = _encode(model, precision, balanced_bases)
@@ -361,7 +364,8 @@ def _write_file(
     )
     header_stream = array_codec.compress_header(header_json)
     checksum = _checksum({**arrays, "header": np.frombuffer(header_json, np.uint8)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
     try:
         # HDF5 1.10's object formats (less structure than HDF5 1.8's), and
         # metadata not padded to 2 kB blocks: 0.4 kB less.
@@ -1602,8 +1606,7 @@ def _check_phases(phases: list | None, path: Path) -> None:
         return
     if len(phases) > _MAX_PHASES:
         raise ModelFileError(
-            f"{path}: the header declares {len(phases)} phases, more than "
-            f"{_MAX_PHASES}"
+            f"{path}: the header declares {len(phases)} phases, more than {_MAX_PHASES}"
         )
     n_atoms = 0
     for entry in phases:
@@ -1622,7 +1625,9 @@ def _check_phases(phases: list | None, path: Path) -> None:
             raise ModelFileError(f"{path}: invalid lattice {lattice!r:.80}")
         n_atoms += len(atoms)
         if any(not isinstance(a, list) or len(a) != 6 for a in atoms):
-            raise ModelFileError(f"{path}: invalid atoms in phase {entry['name']!r:.40}")
+            raise ModelFileError(
+                f"{path}: invalid atoms in phase {entry['name']!r:.40}"
+            )
     if n_atoms > _MAX_ATOMS:
         raise ModelFileError(
             f"{path}: the phases declare {n_atoms} atoms, more than {_MAX_ATOMS}"
