@@ -104,7 +104,10 @@ def write_crafted(path: Path, header: dict, arrays: dict) -> None:
     dtype, shape)``) with a valid checksum: a crafted file, not a damaged
     one."""
     digest = hashlib.sha256()
-    header = {**header, "storage": [[arrays[k][0], len(arrays[k][1])] for k in sorted(arrays)]}
+    header = {
+        **header,
+        "storage": [[arrays[k][0], len(arrays[k][1])] for k in sorted(arrays)],
+    }
     header_json = json.dumps(header).encode()
     named = {**arrays, "header": (None, None, (header_json, "|u1", [len(header_json)]))}
     for name in sorted(named):
