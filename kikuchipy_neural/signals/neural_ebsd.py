@@ -596,16 +596,15 @@ class NeuralEBSD(EBSD):
         """
         from kikuchipy_neural.analysis.boundaries import ridge_trace
 
-        with _progressbar_preference(show_progressbar):
-            return ridge_trace(
-                self._require_model(),
-                factor=factor,
-                low=low,
-                high=high,
-                min_length=min_length,
-                refine=refine,
-                show_progressbar=show_progressbar,
-            )
+        return self._boundary_analysis(
+            ridge_trace,
+            show_progressbar,
+            factor=factor,
+            low=low,
+            high=high,
+            min_length=min_length,
+            refine=refine,
+        )
 
     def neural_grains(
         self,
@@ -642,14 +641,22 @@ class NeuralEBSD(EBSD):
         """
         from kikuchipy_neural.analysis.boundaries import segment_grains
 
+        return self._boundary_analysis(
+            segment_grains,
+            show_progressbar,
+            factor=factor,
+            threshold=threshold,
+            merge_threshold=merge_threshold,
+            min_area=min_area,
+        )
+
+    def _boundary_analysis(self, analysis, show_progressbar: bool | None, **kwargs):
+        """``analysis(model, show_progressbar=..., **kwargs)`` with HyperSpy's
+        progress-bar preference following ``show_progressbar``
+        (:func:`_progressbar_preference`)."""
         with _progressbar_preference(show_progressbar):
-            return segment_grains(
-                self._require_model(),
-                factor=factor,
-                threshold=threshold,
-                merge_threshold=merge_threshold,
-                min_area=min_area,
-                show_progressbar=show_progressbar,
+            return analysis(
+                self._require_model(), show_progressbar=show_progressbar, **kwargs
             )
 
     # ---------------------------------------------------- HyperSpy overrides
