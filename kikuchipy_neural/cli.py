@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -192,16 +193,104 @@ def _terminate_as_interrupt():
 
 
 def _check_out_folder(path: str, flag: str = "--out") -> None:
-    """Raise before hours of fitting or decoding, not when writing."""
-    from pathlib import Path
+    """Raise before hours of fitting or decoding, not when writing: the
+    folder exists and is writable, the name (and its temporary file's)
+    fits the file system."""
+    from kikuchipy_neural.safe_files import check_destination
 
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise CLIError(f"{flag} {path}: no folder {folder}")
+    try:
+        check_destination(path, flag)
+    except (OSError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+
+# Marks a decoded pattern file or store as written by `decode`, which
+# --overwrite then may replace: an HDF5 root attribute, or a file in a
+# zarr store's folder.
+_DECODED_MARK = "kikuchipy_neural_decoded"
+
+
+def _mark_decoded(path) -> None:
+    """Mark ``path`` (just written by :func:`_decode`) as ours."""
+    from kikuchipy_neural import __version__
+
+    if path.is_dir():
+        (path / f".{_DECODED_MARK}").write_text(f"{__version__}\n")
+        return
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs[_DECODED_MARK] = str(__version__)
+
+
+def _decoded_by_us(path) -> bool:
+    """Whether ``path`` is a file or store that `decode` wrote."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return (path / f".{_DECODED_MARK}").is_file()
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return _DECODED_MARK in f.attrs
+    except OSError:
+        return False
+
+
+def _check_overwrite(out, overwrite: bool) -> None:
+    """Refuse to replace anything that `decode` did not write: --overwrite
+    once deleted a folder of the user's that had the output's name, and
+    everything in it."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    if not _decoded_by_us(out):
+        kind = "folder" if out.is_dir() else "file"
+        raise CLIError(
+            f"{out} is a {kind} that kikuchipy-neural decode did not write; "
+            "--overwrite replaces only its own output. Remove or rename it "
+            "yourself, or choose another --out"
+        )
+
+
+def _refuse_our_files(path: str) -> None:
+    """A model file or checkpoint given as the scan to fit: say what it is
+    (kikuchipy's reader says "If the file format is supported, please
+    report this error")."""
+    import zipfile
+
+    import h5py
+
+    if not os.path.isfile(path):
+        return
+    if zipfile.is_zipfile(path):
+        raise CLIError(
+            f"{path} is a training checkpoint, not a scan: continue its fit with "
+            "--resume CHECKPOINT and the scan it was fitted to"
+        )
+    if not h5py.is_hdf5(path):
+        return
+    from kikuchipy_neural.io.model_file import FORMAT_NAME
+
+    with contextlib.suppress(OSError, KeyError, RuntimeError):
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("format")
+        if isinstance(value, bytes | bytearray):
+            value = bytes(value).decode("utf-8", "replace")
+        if value == FORMAT_NAME:
+            raise CLIError(
+                f"{path} is a kikuchipy-neural model file, not a scan: decode it "
+                "with `kikuchipy-neural decode MODEL --out PATTERNS.h5`, or fit the "
+                "scan it was fitted to"
+            )
 
 
 def _read_scan(path: str, lazy: bool):
     import kikuchipy as kp
+
+    _refuse_our_files(path)
 
     signal = kp.load(path, lazy=lazy)
     if isinstance(signal, list):
@@ -314,11 +403,17 @@ def _fit(args: argparse.Namespace) -> int:
         options["checkpoint"] = args.checkpoint
     if args.variance is not None and args.rank != "auto":
         raise CLIError("give either --rank or --variance, not both")
+    if isinstance(args.rank, int) and args.rank < 2:
+        raise CLIError(
+            f"--rank must be at least 2 (mean pattern + 1 basis), got {args.rank}"
+        )
     # Check the options before reading a possibly large scan.
     from kikuchipy_neural.training.options import FitOptions
 
     FitOptions.from_kwargs(args.formulation, **options)
     _check_out_folder(args.out)
+    if options.get("checkpoint") is not None:
+        _check_out_folder(os.fspath(options["checkpoint"]), "--checkpoint")
     signal = _read_scan(args.scan, args.lazy)
     with _terminate_as_interrupt():
         model = signal.fit_neural(
@@ -386,11 +481,11 @@ def _decode(args: argparse.Namespace) -> int:
     import numpy as np
 
     from kikuchipy_neural.io.lazy_decoding import load
+    from kikuchipy_neural.safe_files import remove_stale_temporaries, temporary_path
 
     out = Path(args.out)
+    _check_overwrite(out, args.overwrite)
     _check_out_folder(args.out)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out} exists; pass --overwrite to replace it")
     try:
         dtype = np.dtype(args.dtype)
     except TypeError:
@@ -418,11 +513,22 @@ def _decode(args: argparse.Namespace) -> int:
     previous = preferences.General.show_progressbar
     preferences.General.show_progressbar = not args.quiet
     # Written under a temporary name and renamed when complete: an interrupted
-    # or failed decode leaves no truncated file under the user's name.
-    partial = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
+    # or failed decode leaves no truncated file under the user's name (and
+    # the next decode removes the file a killed one left).
+    remove_stale_temporaries(out, "partial")
+    partial = temporary_path(out, "partial")
     try:
-        signal.save(str(partial), overwrite=True)
-        if out.is_dir():  # a directory store (.zspy) being overwritten
+        # The writers draw dask's bar whatever HyperSpy's preference says
+        # (kikuchipy's h5ebsd writer passes its keywords to h5py too, so
+        # show_progressbar=False cannot reach it): -q silences stdout.
+        with contextlib.ExitStack() as stack:
+            if args.quiet:
+                stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            signal.save(str(partial), overwrite=True)
+        _mark_decoded(partial)
+        # Checked again: the output may have appeared while decoding.
+        _check_overwrite(out, args.overwrite)
+        if out.is_dir():  # a store this command wrote (checked above)
             shutil.rmtree(out)
         os.replace(partial, out)
     finally:

@@ -18,6 +18,7 @@ from kikuchipy_neural.analysis.metrics import (
     pattern_mae,
 )
 from kikuchipy_neural.training import FitOptions
+from kikuchipy_neural.training.checkpoints import read_checkpoint
 from kikuchipy_neural.training.data import PatternSource, ShuffleBuffer
 
 
@@ -538,7 +539,7 @@ def test_a_step_limit_between_evaluations_still_writes_the_checkpoint(
     options = dict(FAST_FIT, eval_every=5)
     ckpt = tmp_path / "fit.ckpt"
     small_map.deepcopy().fit_neural(max_steps=7, checkpoint=str(ckpt), **options)
-    assert torch.load(ckpt, weights_only=True)["trainer"]["step"] == 7
+    assert read_checkpoint(ckpt)["trainer"]["step"] == 7
     resumed = small_map.deepcopy().fit_neural(max_steps=12, resume=str(ckpt), **options)
     assert resumed.info["steps"] == 12
     assert resumed.history["step"][-1] == 12
@@ -607,7 +608,7 @@ def test_keyboard_interrupt_keeps_the_model_and_checkpoint(
         model = small_map.deepcopy().fit_neural(checkpoint=str(ckpt), **FAST_FIT)
     assert model.info["stop_reason"] == "interrupted"
     assert model.info["steps"] == 26
-    state = torch.load(ckpt, weights_only=True)
+    state = read_checkpoint(ckpt)
     # At most one evaluation interval is lost: here none, it was saved on stop.
     assert state["trainer"]["step"] == 26
 

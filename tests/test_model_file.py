@@ -59,7 +59,9 @@ def _pack(path, header, streams):
 
 def _layout(header):
     """The tensors' layout that a format-5 header implies."""
-    shapes = model_file._architecture_shapes(header["field"], Path("x"))
+    shapes = model_file._architecture_shapes(
+        header["field"], tuple(header["geometry"]["pattern_shape"]), Path("x")
+    )
     return model_file._tensor_layout(shapes, header["precision"])
 
 
@@ -69,7 +71,9 @@ def _stored(path):
     checks: what a crafted file starts from."""
     header, payload = _packed(path)
     geometry = model_file._check_header(header, path, 5)
-    shapes = model_file._architecture_shapes(header["field"], path)
+    shapes = model_file._architecture_shapes(
+        header["field"], geometry.pattern_shape, path
+    )
     expected = model_file._expected_arrays(
         {**header, "tensors": _layout(header)},
         header["precision"],
@@ -877,14 +881,22 @@ def test_crafted_files_raise(saved, tmp_path, case):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (_set_rank(10**9), "more than the limit"),
+        (_set_rank(10**9), "rank=1000000000, outside"),
+        # Every size within its bound, their product beyond the parameters'.
+        (
+            lambda h: h["field"].update(width=2**16, layers=256),
+            "more than the limit",
+        ),
+        (lambda h: h["field"].update(layers=10**6), "layers=1000000, outside"),
+        (lambda h: h["field"].update(layers=True), "not an integer"),
+        (lambda h: h["field"].update(first_omega_0=math.inf), "first_omega_0=inf"),
         # Another rank than the arrays': the bases' stream is longer than
         # the bases that rank has.
         (_set_rank(3), "declares a stream of"),
         (lambda h: h["geometry"].update(nx=2**40), "outside"),
         (lambda h: h["geometry"].update(pattern_shape=[40, 41]), "pattern shape"),
-        (lambda h: h["field"].update(formulation="os.system"), "cannot be built"),
-        (lambda h: h["field"].update(width="512; import os"), "cannot be built"),
+        (lambda h: h["field"].update(formulation="os.system"), "unknown formulation"),
+        (lambda h: h["field"].update(width="512; import os"), "not an integer"),
         (lambda h: h.pop("history_bytes"), "has no 'history_bytes'"),
         (lambda h: h.update(history_bytes=2**40), "a history of"),
         (lambda h: h.update(precision="int3"), "unknown precision"),

@@ -22,6 +22,7 @@ boundary) and how one-directional the change is (the coherence
 
 from __future__ import annotations
 
+import math
 import threading
 
 import dask
@@ -30,7 +31,11 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from kikuchipy_neural.analysis.queries import lead_chunks
+from kikuchipy_neural.analysis.queries import (
+    check_fits_in_memory,
+    check_inside,
+    lead_chunks,
+)
 from kikuchipy_neural.fields.base import NeuralField
 
 __all__ = [
@@ -125,8 +130,16 @@ def tensor_to_normal(tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 # ------------------------------------------------------------ evaluation
 
 
-def _want_lazy(lazy: bool | None, nbytes: int) -> bool:
-    return bool(lazy) if lazy is not None else nbytes > LAZY_THRESHOLD_BYTES
+def _want_lazy(lazy: bool | None, nbytes: int, n_points: int = 0) -> bool:
+    """Resolve ``lazy=None`` for ``nbytes`` of output at ``n_points``; an
+    eager result (with its coordinates) larger than the memory available
+    raises ``ValueError``."""
+    lazy = bool(lazy) if lazy is not None else nbytes > LAZY_THRESHOLD_BYTES
+    if not lazy:
+        check_fits_in_memory(
+            nbytes + 16 * n_points, f"the diffraction gradient at {n_points} points"
+        )
+    return lazy
 
 
 def _gradient_block(xy_block: np.ndarray, model, kind: str) -> np.ndarray:
@@ -174,17 +187,22 @@ def evaluate_gradient(
     """
     if kind not in ("norm", "jacobian", "tensor"):
         raise ValueError(f"kind must be 'norm', 'jacobian' or 'tensor', got {kind!r}")
-    xy = np.asarray(xy, dtype=np.float64)
-    model.geometry.check_inside(xy, extrapolate)
+    # A dask xy (a lazy grid) stays lazy: its chunks are computed on demand.
+    if isinstance(xy, da.Array):
+        xy = xy.astype(np.float64)
+    else:
+        xy = np.asarray(xy, dtype=np.float64)
+    check_inside(model.geometry, xy, extrapolate)
     lead = xy.shape[:-1]
-    n = int(np.prod(lead))
+    n = math.prod(lead)
     tail: tuple[int, ...] = ()
     if kind != "norm":
-        d = model.gradient(xy.reshape(-1, 2)[:1], extrapolate=True, per_component=True)
+        first = np.asarray(xy[(0,) * len(lead)]).reshape(1, 2)
+        d = model.gradient(first, extrapolate=True, per_component=True)
         tail = d.shape[1:] if kind == "jacobian" else (3,)
-    if _want_lazy(lazy, 4 * n * int(np.prod(tail, dtype=int))):
+    if _want_lazy(lazy, 4 * n * math.prod(tail), n):
         return _lazy_gradient(model, xy, kind, tail)
-    flat = xy.reshape(-1, 2)
+    flat = np.asarray(xy).reshape(-1, 2)
     out = np.empty((n, *tail), np.float32)
     starts = range(0, n, _POINTS_PER_BLOCK)
     from tqdm.auto import tqdm
@@ -202,7 +220,11 @@ def evaluate_gradient(
 
 def _lazy_gradient(model, xy: np.ndarray, kind: str, tail: tuple[int, ...]) -> da.Array:
     lead = xy.shape[:-1]
-    xy_d = da.from_array(xy, chunks=(*lead_chunks(lead, _POINTS_PER_BLOCK), 2))
+    chunks = (*lead_chunks(lead, _POINTS_PER_BLOCK), 2)
+    if isinstance(xy, da.Array):
+        xy_d = xy.rechunk(chunks)
+    else:
+        xy_d = da.from_array(xy, chunks=chunks)
     model_d = dask.delayed(model, pure=True, traverse=False)
     nlead = len(lead)
     kwargs: dict = dict(
@@ -273,10 +295,16 @@ def gradient_signal(
     """
     from hyperspy.signals import LazySignal1D, LazySignal2D, Signal1D, Signal2D
 
-    from kikuchipy_neural.analysis.queries import upsample_xy
+    from kikuchipy_neural.analysis.queries import upsample_shape, upsample_xy
 
     geometry = model.geometry
-    xy, axes = upsample_xy(geometry, factor)
+    # Lazy or not first: a lazy grid is built per chunk (memory bounded for
+    # any factor), an eager one larger than memory is refused.
+    n = math.prod(upsample_shape(geometry, factor))
+    lazy = _want_lazy(lazy, 4 * n, n)
+    xy, axes = upsample_xy(
+        geometry, factor, lazy=lazy, points_per_chunk=_POINTS_PER_BLOCK
+    )
     s_map = evaluate_gradient(
         model, xy, "norm", lazy=lazy, show_progressbar=show_progressbar
     )

@@ -15,6 +15,8 @@ model's patterns).
 from __future__ import annotations
 
 import copy
+import math
+import os
 
 import dask
 import dask.array as da
@@ -25,13 +27,16 @@ from kikuchipy_neural.model import NeuralEBSDModel
 
 __all__ = [
     "axis_dicts",
+    "available_memory",
     "carry_detector",
+    "check_fits_in_memory",
     "decode",
     "fill",
     "interpolate_pc",
     "path_xy",
     "patterns_to_signal",
     "query_signal",
+    "upsample_shape",
     "upsample_xy",
     "want_lazy",
 ]
@@ -42,15 +47,68 @@ LAZY_THRESHOLD_BYTES = 1024**3
 _CHUNK_BYTES = 64 * 1024**2
 
 
+def _address_space_left() -> int | None:
+    """What ``ulimit -v`` (``RLIMIT_AS``) leaves this process, if set."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            size = next(int(x.split()[1]) for x in f if x.startswith("VmSize"))
+    except (ImportError, OSError, StopIteration, ValueError):
+        return None
+    return max(0, limit - size * 1024)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (the system's, or
+    less under ``ulimit -v``), or None if unknown."""
+    try:
+        import psutil
+
+        system = int(psutil.virtual_memory().available)
+    except ImportError:  # psutil comes with dask's and hyperspy's extras
+        try:
+            system = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            system = None
+    left = _address_space_left()
+    known = [v for v in (system, left) if v is not None]
+    return min(known) if known else None
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Raise ``ValueError`` when an eager result of ``nbytes`` would not fit
+    in the memory available (``what`` names it): before it is allocated,
+    not as a ``MemoryError`` (or the OOM killer) minutes later."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(
+            f"{what} would take {nbytes / 1024**3:.3g} GiB, more than the "
+            f"{available / 1024**3:.3g} GiB of memory available; pass lazy=True for "
+            "a result computed chunk by chunk (bounded memory for any size)"
+        )
+
+
 def want_lazy(
     lazy: bool | None, n_points: int, model: NeuralEBSDModel, signal=None
 ) -> bool:
-    """Resolve ``lazy=None``: lazy for lazy input signals or large outputs."""
-    if lazy is not None:
-        return bool(lazy)
-    if signal is not None and getattr(signal, "_lazy", False):
-        return True
-    return n_points * model.geometry.n_pixels * 4 > LAZY_THRESHOLD_BYTES
+    """Resolve ``lazy=None``: lazy for lazy input signals or large outputs.
+
+    An eager result (patterns and their coordinates) larger than the memory
+    available raises ``ValueError`` (:func:`check_fits_in_memory`).
+    """
+    if lazy is None:
+        lazy = bool(signal is not None and getattr(signal, "_lazy", False))
+        lazy = lazy or n_points * model.geometry.n_pixels * 4 > LAZY_THRESHOLD_BYTES
+    if not lazy:
+        check_fits_in_memory(
+            n_points * (model.geometry.n_pixels * 4 + 16),
+            f"{n_points} decoded patterns",
+        )
+    return bool(lazy)
 
 
 def lead_chunks(lead: tuple[int, ...], points_per_chunk: int) -> tuple[int, ...]:
@@ -89,14 +147,18 @@ def decode(
     distributed scheduler ships it to each worker once, not once per chunk.
     ``sharpen_boundaries`` as in :meth:`NeuralEBSDModel.query`.
     """
-    xy = np.asarray(xy, dtype=np.float64)
-    model.geometry.check_inside(xy, extrapolate)
+    xy = _coordinates(xy)
+    check_inside(model.geometry, xy, extrapolate)
     if not lazy:
-        return model.query(xy, extrapolate=True, sharpen_boundaries=sharpen_boundaries)
+        return model.query(
+            np.asarray(xy), extrapolate=True, sharpen_boundaries=sharpen_boundaries
+        )
     lead = xy.shape[:-1]
-    n_pixels = model.geometry.n_pixels
-    per_chunk = max(1, _CHUNK_BYTES // (4 * n_pixels))
-    xy_d = da.from_array(xy, chunks=(*lead_chunks(lead, per_chunk), 2))
+    chunks = (*lead_chunks(lead, points_per_chunk(model)), 2)
+    if isinstance(xy, da.Array):
+        xy_d = xy.rechunk(chunks)
+    else:
+        xy_d = da.from_array(xy, chunks=chunks)
     model_d = dask.delayed(model, pure=True, traverse=False)
     return da.map_blocks(
         _decode_block,
@@ -113,6 +175,90 @@ def decode(
         dtype=np.float32,
         meta=np.empty((0,) * (len(lead) + 2), np.float32),
     )
+
+
+def points_per_chunk(model: NeuralEBSDModel) -> int:
+    """Points per dask chunk of decoded patterns (about 64 MiB)."""
+    return max(1, _CHUNK_BYTES // (4 * model.geometry.n_pixels))
+
+
+def _coordinates(xy) -> np.ndarray | da.Array:
+    """``xy`` as float64, numpy unless it is a dask array (kept lazy)."""
+    if isinstance(xy, da.Array):
+        return xy.astype(np.float64)
+    return np.asarray(xy, dtype=np.float64)
+
+
+def check_inside(geometry: ScanGeometry, xy, extrapolate: bool) -> None:
+    """:meth:`ScanGeometry.check_inside` for numpy ``xy``; for a dask ``xy``
+    (a lazy grid or path, monotonic along each axis: see
+    :func:`lazy_grid_xy`) only its first and last points, so that no chunk
+    but theirs is computed."""
+    if not isinstance(xy, da.Array):
+        geometry.check_inside(xy, extrapolate)
+        return
+    if xy.ndim < 1 or xy.shape[-1] != 2:
+        raise ValueError(f"xy must have a last axis of length 2, got {xy.shape}")
+    if 0 in xy.shape:
+        return
+    k = xy.ndim - 1
+    ends = np.stack([np.asarray(xy[(0,) * k]), np.asarray(xy[(-1,) * k])])
+    geometry.check_inside(ends, extrapolate)
+
+
+def _grid_block(
+    x0: float, sx: float, y0: float, sy: float, div: float, block_info=None
+) -> np.ndarray:
+    """One chunk ``(rows, columns, 2)`` of :func:`lazy_grid_xy`'s grid."""
+    (r0, r1), (c0, c1), _ = block_info[None]["array-location"]
+    # The same arithmetic as ScanGeometry.grid_xy, per index: equal values.
+    xs = x0 + np.arange(c0, c1) * sx / div
+    ys = y0 + np.arange(r0, r1) * sy / div
+    x, y = np.meshgrid(xs, ys)
+    return np.stack([x, y], axis=-1)
+
+
+def lazy_grid_xy(
+    x0: float,
+    sx: float,
+    nx: int,
+    y0: float,
+    sy: float,
+    ny: int,
+    points_per_chunk: int,
+    div: float = 1.0,
+) -> da.Array:
+    """The grid ``(x0 + j * sx / div, y0 + i * sy / div)``, ``(ny, nx, 2)``, as a dask
+    array whose chunks (bands of about ``points_per_chunk`` points) are
+    computed on demand: memory bounded for any size, where a numpy grid of
+    a factor 1000 refinement took 2 GB before anything was decoded."""
+    chunks = (*lead_chunks((ny, nx), points_per_chunk), 2)
+    normalised = da.core.normalize_chunks(chunks, (ny, nx, 2))
+    return da.map_blocks(
+        _grid_block,
+        float(x0),
+        float(sx),
+        float(y0),
+        float(sy),
+        float(div),
+        chunks=normalised,
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0), np.float64),
+    )
+
+
+def _path_block(start, end, n: int, block_info=None) -> np.ndarray:
+    """One chunk of :func:`path_xy`'s points."""
+    (i0, i1), _ = block_info[None]["array-location"]
+    # np.linspace(0, 1, n)'s values.
+    t = (np.arange(i0, i1) * (1.0 / (n - 1)))[:, None]
+    xy = start + t * (end - start)
+    # The ends exactly as given.
+    if i0 == 0:
+        xy[0] = start
+    if i1 == n:
+        xy[-1] = end
+    return xy
 
 
 def patterns_to_signal(
@@ -193,6 +339,16 @@ def carry_detector(detector, geometry: ScanGeometry, xy: np.ndarray):
     if detector is None:
         return None
     new = copy.deepcopy(detector)
+    if isinstance(xy, da.Array):
+        per_point = np.asarray(detector.pc).reshape(-1, 3).shape[0] > 1
+        if per_point and np.asarray(detector.pc).size == 3 * geometry.n_points:
+            # A detector holds its PCs as one numpy array: one per point.
+            n = math.prod(xy.shape[:-1])
+            check_fits_in_memory(
+                n * 2 * 3 * 8, f"the detector's {n} interpolated pattern centres"
+            )
+        xy = np.asarray(xy) if per_point else xy[(0,) * (xy.ndim - 1)][None]
+        xy = np.asarray(xy)
     pc = interpolate_pc(detector, geometry, xy)
     if pc is not None:
         new.pc = pc if pc.ndim > 1 else pc[None]
@@ -294,19 +450,24 @@ def query_signal(
     title
         Title of the result.
     """
-    xy = np.asarray(xy, dtype=np.float64)
+    xy = _coordinates(xy)
     if xy.ndim == 0 or xy.shape[-1] != 2:
         raise ValueError(
             f"xy must have a last axis of length 2 (x, y), got shape {xy.shape}"
         )
     geometry = model.geometry
-    geometry.check_inside(xy, extrapolate)
+    check_inside(geometry, xy, extrapolate)
     lead = xy.shape[:-1]
-    lazy = want_lazy(lazy, int(np.prod(lead)), model, signal)
+    lazy = want_lazy(lazy, math.prod(lead), model, signal)
     patterns = decode(
         model, xy, lazy=lazy, extrapolate=True, sharpen_boundaries=sharpen_boundaries
     )
-    if nav_axes is None:
+    # HyperSpy builds every axis's coordinates (8 bytes a point), lazy
+    # signals' too: a path of 10^9 points needs 8 GB for its axis alone.
+    check_fits_in_memory(8 * sum(lead), f"HyperSpy's axes of {lead} points")
+    if nav_axes is None and isinstance(xy, da.Array):
+        nav_axes = _index_axes(lead)
+    elif nav_axes is None:
         nav_axes = _regular_grid_axes(xy, geometry.units) or _index_axes(lead)
     if signal_axes is None:
         h, w = geometry.pattern_shape
@@ -329,8 +490,47 @@ def query_signal(
     return out
 
 
-def upsample_xy(geometry: ScanGeometry, factor: float) -> tuple[np.ndarray, list[dict]]:
+def _upsample_grid(
+    geometry: ScanGeometry, factor: float
+) -> tuple[float, float, int, float, float, int, float]:
+    """``(x0, sx, nx, y0, sy, ny, div)`` of :func:`upsample_xy`'s grid
+    (steps ``sx / div``, ``sy / div``)."""
+    if isinstance(factor, bool) or not isinstance(factor, int | float | np.number):
+        raise TypeError(f"factor must be a number, got {factor!r}")
+    factor = float(factor)
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"factor must be a positive number, got {factor}")
+    g = geometry
+    if g.scattered:
+        # As ScanGeometry.square_grid_xy.
+        step = g.step / factor
+        (xa, xb), (ya, yb) = g.x_range, g.y_range
+        nx = int(np.floor((xb - xa) / step + 1e-9)) + 1
+        ny = int(np.floor((yb - ya) / step + 1e-9)) + 1
+        return xa, step, nx, ya, step, ny, 1.0
+    ny, nx = g.fine_shape(factor)
+    return g.x0, g.dx, nx, g.y0, g.dy, ny, factor
+
+
+def upsample_shape(geometry: ScanGeometry, factor: float) -> tuple[int, ...]:
+    """The navigation shape of :func:`upsample_xy`'s grid, without it."""
+    _, _, nx, _, _, ny, _ = _upsample_grid(geometry, factor)
+    if not geometry.scattered and geometry.ny == 1:
+        return (nx,)
+    return (ny, nx)
+
+
+def upsample_xy(
+    geometry: ScanGeometry,
+    factor: float,
+    lazy: bool = False,
+    points_per_chunk: int = 2**16,
+) -> tuple[np.ndarray | da.Array, list[dict]]:
     """Positions and axes of a grid ``factor`` times finer over the scan.
+
+    With ``lazy``, the positions are a dask array computed per chunk of
+    about ``points_per_chunk`` points (:func:`lazy_grid_xy`): memory
+    bounded for any factor.
 
     A grid scan is refined with :meth:`ScanGeometry.grid_xy` (axes keep the
     scan's offsets, steps divided by ``factor``); a scattered scan is
@@ -344,34 +544,39 @@ def upsample_xy(geometry: ScanGeometry, factor: float) -> tuple[np.ndarray, list
     nav_axes
         Matching axis dicts (array order).
     """
-    if isinstance(factor, bool) or not isinstance(factor, int | float | np.number):
-        raise TypeError(f"factor must be a number, got {factor!r}")
-    factor = float(factor)
-    if not np.isfinite(factor) or factor <= 0:
-        raise ValueError(f"factor must be a positive number, got {factor}")
     g = geometry
-    if g.scattered:
-        step = g.step / factor
-        xy = g.square_grid_xy(step)
-        dx = dy = step
-        x0, y0 = g.x_range[0], g.y_range[0]
+    x0, sx, nx, y0, sy, ny, div = _upsample_grid(g, factor)
+    if lazy:
+        xy = lazy_grid_xy(x0, sx, nx, y0, sy, ny, points_per_chunk, div)
     else:
-        xy = g.grid_xy(factor)
-        dx, dy, x0, y0 = g.dx / factor, g.dy / factor, g.x0, g.y0
+        check_fits_in_memory(nx * ny * 16, f"the coordinates of {nx} x {ny} points")
+        xy = _grid_block(
+            x0, sx, y0, sy, div, {None: {"array-location": _whole(ny, nx)}}
+        )
+    dx, dy = sx / div, sy / div
     axes = [
-        {"size": xy.shape[0], "scale": dy, "offset": y0, "units": g.units, "name": "y"},
-        {"size": xy.shape[1], "scale": dx, "offset": x0, "units": g.units, "name": "x"},
+        {"size": ny, "scale": dy, "offset": y0, "units": g.units, "name": "y"},
+        {"size": nx, "scale": dx, "offset": x0, "units": g.units, "name": "x"},
     ]
     if not g.scattered and g.ny == 1:
         return xy[0], axes[1:]
     return xy, axes
 
 
-def path_xy(start, end, n: int) -> tuple[np.ndarray, float]:
+def _whole(ny: int, nx: int) -> list[tuple[int, int]]:
+    """The ``array-location`` of a whole ``(ny, nx, 2)`` grid."""
+    return [(0, ny), (0, nx), (0, 2)]
+
+
+def path_xy(
+    start, end, n: int, lazy: bool = False, points_per_chunk: int = 2**16
+) -> tuple[np.ndarray | da.Array, float]:
     """``n`` evenly spaced points from ``start`` to ``end``, both included.
 
     Returns the ``(n, 2)`` points (the ends exactly as given) and the
-    segment's length.
+    segment's length. With ``lazy``, the points are a dask array computed
+    per chunk of ``points_per_chunk`` (memory bounded for any ``n``);
+    eager points that would not fit in memory raise ``ValueError``.
     """
     start = np.asarray(start, dtype=np.float64)
     end = np.asarray(end, dtype=np.float64)
@@ -385,10 +590,23 @@ def path_xy(start, end, n: int) -> tuple[np.ndarray, float]:
     length = float(np.hypot(*(end - start)))
     if length == 0:
         raise ValueError("start and end are the same point: a path needs a length")
-    t = np.linspace(0.0, 1.0, int(n))[:, None]
-    xy = start + t * (end - start)
-    xy[0], xy[-1] = start, end
-    return xy, length
+    n = int(n)
+    if lazy:
+        chunks = da.core.normalize_chunks((points_per_chunk, 2), (n, 2))
+        xy = da.map_blocks(
+            _path_block,
+            start,
+            end,
+            n,
+            chunks=chunks,
+            dtype=np.float64,
+            meta=np.empty((0, 0), np.float64),
+        )
+        return xy, length
+    check_fits_in_memory(n * 16, f"the coordinates of {n} points")
+    return _path_block(
+        start, end, n, {None: {"array-location": [(0, n), (0, 2)]}}
+    ), length
 
 
 # ------------------------------------------------------------------- fill

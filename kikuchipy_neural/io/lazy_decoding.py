@@ -20,8 +20,13 @@ from kikuchipy_neural.io.model_file import load_model
 __all__ = ["load", "training_grid"]
 
 
-def training_grid(geometry) -> tuple[np.ndarray, list[dict] | None]:
+def training_grid(
+    geometry, lazy: bool = False, points_per_chunk: int = 2**16
+) -> tuple[np.ndarray, list[dict] | None]:
     """Positions and navigation axes of the points a model was trained on.
+
+    ``lazy``: a grid's positions as a dask array computed per chunk of
+    ``points_per_chunk`` (memory bounded for any number of points).
 
     Returns
     -------
@@ -35,10 +40,15 @@ def training_grid(geometry) -> tuple[np.ndarray, list[dict] | None]:
 
     if geometry.scattered:
         return geometry.grid_xy().reshape(-1, 2), None
-    return upsample_xy(geometry, 1.0)
+    return upsample_xy(geometry, 1.0, lazy=lazy, points_per_chunk=points_per_chunk)
 
 
-def load(path: str | os.PathLike, lazy: bool = True, device: str | None = "cpu"):
+def load(
+    path: str | os.PathLike,
+    lazy: bool = True,
+    device: str | None = "cpu",
+    trust: bool = False,
+):
     """Open a model file as a ``LazyNeuralEBSD`` (or ``NeuralEBSD``).
 
     Parameters
@@ -51,6 +61,8 @@ def load(path: str | os.PathLike, lazy: bool = True, device: str | None = "cpu")
         decode everything now.
     device
         Device the model decodes on.
+    trust
+        See :func:`~kikuchipy_neural.io.model_file.load_model`.
 
     Returns
     -------
@@ -67,11 +79,13 @@ def load(path: str | os.PathLike, lazy: bool = True, device: str | None = "cpu")
     >>> s.inav[10:20, 5].compute()  # decodes 10 patterns  # doctest: +SKIP
     >>> s.save("patterns.h5")  # kikuchipy h5ebsd, written chunk by chunk  # doctest: +SKIP
     """
-    from kikuchipy_neural.analysis.queries import query_signal
+    from kikuchipy_neural.analysis.queries import points_per_chunk, query_signal
 
     path = Path(path)
-    model = load_model(path, device=device)
-    xy, nav_axes = training_grid(model.geometry)
+    model = load_model(path, device=device, trust=trust)
+    xy, nav_axes = training_grid(
+        model.geometry, lazy=bool(lazy), points_per_chunk=points_per_chunk(model)
+    )
     signal = query_signal(
         model, xy, lazy=bool(lazy), nav_axes=nav_axes, title=f"Decoded from {path.name}"
     )

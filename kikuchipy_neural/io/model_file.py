@@ -110,8 +110,23 @@ been checked against the header, and the header's architecture has been
 built on PyTorch's ``meta`` device (no memory) and checked against size
 limits. Streams are decoded with a bound (the header to 64 MiB, each array to
 the bytes its checked shape needs), so a crafted stream cannot exhaust
-memory. Anything unexpected raises ``ValueError`` (content) or
-``OSError`` (unreadable file) naming the problem.
+memory.
+
+Every resource is bounded before it is allocated: the architecture's sizes
+(layers, widths, rank, Fourier features) before anything is built, even on
+``meta`` (a header declaring a million layers took minutes and gigabytes
+to build there), the scan's points and the pattern's pixels, phases and
+atoms. And a file cannot declare more decoded bytes (header and arrays)
+than :data:`MAX_EXPANSION` times the bytes it stores, plus 1 MiB: LZMA
+packs zeros about 7000-fold, so a 177 kB file could otherwise declare
+per-point tables of gigabytes (trained parameters pack 1.0-1.2-fold,
+an untrained model's zero bases far more). ``trust=True`` lifts that
+ratio for files one wrote oneself; the absolute limits stay.
+
+Anything wrong with a file's content, its HDF5 structure included, raises
+:class:`ModelFileError` naming the problem (a ``ValueError``; files that
+HDF5 cannot read raise its subclass :class:`UnreadableModelFileError`,
+an ``OSError`` too), never another exception type.
 """
 
 from __future__ import annotations
@@ -133,11 +148,18 @@ import torch
 
 from kikuchipy_neural.geometry import ScanGeometry
 from kikuchipy_neural.io import array_codec, principal_axes
+from kikuchipy_neural.safe_files import (
+    check_destination,
+    remove_stale_temporaries,
+    temporary_path,
+)
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_EXPANSION",
     "PRECISIONS",
     "ModelFileError",
+    "UnreadableModelFileError",
     "file_summary",
     "load_model",
     "save_model",
@@ -183,13 +205,32 @@ PRECISIONS = {
 _QUANTISE_MIN_ROW = 8
 _OWN_STEP_MIN_ROW = 32
 
-# Sanity limits checked before anything is allocated.
+# Sanity limits checked before anything is allocated (trust=True or not).
 _MAX_HEADER_BYTES = 64 * 1024**2
 _MAX_PARAMETERS = 2**30  # 4 GiB of float32
-_MAX_POINTS = 2**36
+# 4.3 G scan points: 40 times the largest maps measured today; the lazy
+# signal of kikuchipy_neural.load builds its coordinates per chunk.
+_MAX_POINTS = 2**32
 _MAX_PATTERN_PIXELS = 2**24
 _MAX_EIGENVALUES = 2**24
-_MAX_ATOMS = 10_000
+_MAX_ATOMS = 10_000  # over all phases
+_MAX_PHASES = 256
+# Architecture sizes, checked before the field is built even on "meta"
+# (building 10^5 layers there took 36 s and 1 GB); the paper uses 5 layers
+# of 256-512 and ranks up to a few hundred.
+_MAX_ARCHITECTURE = {
+    "layers": 256,
+    "width": 2**16,
+    "rank": 2**16,
+    "fourier_features": 2**16,
+}
+
+#: How many times more decoded bytes (header and arrays) than it stores a
+#: file may declare without ``trust=True`` (plus :data:`_EXPANSION_SLACK`).
+MAX_EXPANSION = 64
+# Tiny arrays of zeros (an untrained model's bases, empty tables) pack far
+# beyond MAX_EXPANSION and are harmless: this much is always allowed.
+_EXPANSION_SLACK = 1024**2
 
 # Root attributes of formats 1-4; format 5 keeps the package version and
 # the precision in the header, where the checksum covers them.
@@ -211,6 +252,14 @@ _COMPACT_MAX_BYTES = 60_000
 
 class ModelFileError(ValueError):
     """A model file whose content is invalid, inconsistent or corrupted."""
+
+
+class UnreadableModelFileError(ModelFileError, OSError):
+    """A model file that HDF5 cannot read (not HDF5, or corrupted structure).
+
+    Both a :class:`ModelFileError` and an ``OSError`` (what it was before it
+    had a type of its own).
+    """
 
 
 # --------------------------------------------------------------------------
@@ -267,10 +316,8 @@ def save_model(
         The path written.
     """
     check_save_arguments(precision, model.formulation, balanced_bases)
-    path = Path(path)
-    if not path.parent.is_dir():
-        # Else h5py's error names the temporary file, not the user's path.
-        raise FileNotFoundError(f"Cannot write {path}: no folder {path.parent}")
+    # Else h5py's error names the temporary file, not the user's path.
+    path = check_destination(path, "Cannot write the model file")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays, header = _encode(model, precision, balanced_bases)
@@ -317,7 +364,8 @@ def _write_file(
     )
     header_stream = array_codec.compress_header(header_json)
     checksum = _checksum({**arrays, "header": np.frombuffer(header_json, np.uint8)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
     try:
         # HDF5 1.10's object formats (less structure than HDF5 1.8's), and
         # metadata not padded to 2 kB blocks: 0.4 kB less.
@@ -769,7 +817,11 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 # reading
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu"):
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = "cpu",
+    trust: bool = False,
+):
     """Read a model written by :meth:`NeuralEBSDModel.save`.
 
     Parameters
@@ -778,6 +830,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         The model file.
     device
         Device to put the field on (default CPU).
+    trust
+        Read a file that declares more than :data:`MAX_EXPANSION` times
+        the decoded bytes it stores (an untrained model's zero bases, say).
+        Only for files of one's own: such a file can make the reader
+        allocate up to the absolute limits (billions of values).
 
     Returns
     -------
@@ -790,17 +847,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
     ------
     FileNotFoundError
         No such file.
-    OSError
-        Not an HDF5 file, or data that HDF5 cannot read (corruption).
-    ValueError
+    UnreadableModelFileError
+        Not an HDF5 file, or data that HDF5 cannot read (corruption); an
+        ``OSError`` and a :class:`ModelFileError`.
+    ModelFileError
         Not a model file, an unsupported format version, or content that is
-        inconsistent, too large or altered (checksum mismatch).
+        inconsistent, too large or altered (checksum mismatch); a
+        ``ValueError``.
     """
     from kikuchipy_neural.fields import build_field
     from kikuchipy_neural.model import NeuralEBSDModel
     from kikuchipy_neural.training.preprocessing import Spectrum
 
-    content = _read_verified(path)
+    content = _read_verified(path, trust)
     header, arrays = content.header, content.arrays
     try:
         field = build_field(header["field"])
@@ -825,38 +884,48 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
                 raise ModelFileError(
                     f"{path}: the per-point intensities contain NaN or infinite values"
                 )
-    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
-        if isinstance(err, ModelFileError):
-            raise
-        raise ModelFileError(
-            f"{path}: the model file's content is inconsistent: {err}"
-        ) from None
-    info = dict(header["info"])
-    info["model_file"] = {
-        "path": str(Path(path)),
-        "precision": content.precision,
-        "format_version": content.format_version,
-        "package_version": content.package_version,
-        "created": header.get("created"),
-    }
-    model = NeuralEBSDModel(
-        field,
-        content.geometry,
-        tuple(header["intensity_range"]),
-        detector=detector,
-        history=header["history"],
-        spectrum=spectrum,
-        options=header["options"],
-        info=info,
-        phases=phases,
-        point_intensity=point_intensity,
-    )
+        info = dict(header["info"])
+        info["model_file"] = {
+            "path": str(Path(path)),
+            "precision": content.precision,
+            "format_version": content.format_version,
+            "package_version": content.package_version,
+            "created": header.get("created"),
+        }
+        model = NeuralEBSDModel(
+            field,
+            content.geometry,
+            tuple(header["intensity_range"]),
+            detector=detector,
+            history=header["history"],
+            spectrum=spectrum,
+            options=header["options"],
+            info=info,
+            phases=phases,
+            point_intensity=point_intensity,
+        )
+    except Exception as err:
+        raise _content_error(err, path) from None
     if device is not None:
         model.to(device)
     return model
 
 
-def file_summary(path: str | os.PathLike) -> dict[str, Any]:
+def _content_error(err: Exception, path: Path) -> Exception:
+    """What to raise for ``err``, raised while objects were built from a
+    verified file's content: a :class:`ModelFileError` naming it (a
+    malformed file must never surface as a KeyError or an AttributeError
+    of some library), but a ``MemoryError`` as it is (a resource, not the
+    file, ran out)."""
+    if isinstance(err, ModelFileError | MemoryError):
+        return err
+    return ModelFileError(
+        f"{path}: the model file's content is inconsistent "
+        f"({type(err).__name__}: {err})"
+    )
+
+
+def file_summary(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
     """Sizes, architecture, geometry and training facts of a model file.
 
     The file is fully verified (as by :func:`load_model`) but no network is
@@ -869,12 +938,22 @@ def file_summary(path: str | os.PathLike) -> dict[str, Any]:
     on: its stream, without the stream's length before it; formats 1-4: its
     dataset's storage).
 
+    ``trust`` as in :func:`load_model`.
+
     Returns
     -------
     summary
         Plain dict (JSON-able).
     """
-    content = _read_verified(path)
+    content = _read_verified(path, trust)
+    try:
+        return _summary(content, path)
+    except Exception as err:
+        raise _content_error(err, Path(path)) from None
+
+
+def _summary(content: _Content, path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`file_summary` of verified ``content``."""
     header, arrays = content.header, content.arrays
     g = content.geometry
     file_bytes = os.path.getsize(path)
@@ -958,7 +1037,7 @@ class _Content:
         self.package_version = package_version
 
 
-def _read_verified(path: str | os.PathLike) -> _Content:
+def _read_verified(path: str | os.PathLike, trust: bool = False) -> _Content:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}")
@@ -966,30 +1045,57 @@ def _read_verified(path: str | os.PathLike) -> _Content:
         f = h5py.File(path, "r")
     except OSError as err:
         if zipfile.is_zipfile(path):  # torch.save's container
-            raise OSError(
+            raise UnreadableModelFileError(
                 f"{path} looks like a training checkpoint, not a model file: "
                 "continue the fit with fit_neural(resume=...) or "
                 "`kikuchipy-neural fit SCAN --resume CHECKPOINT`"
             ) from None
-        raise OSError(
+        raise UnreadableModelFileError(
             f"{path} is not a readable HDF5 file (corrupted or not HDF5): {err}"
         ) from None
     try:
         with f:
-            return _read_open(f, path)
-    except OSError as err:
-        raise OSError(
-            f"{path}: HDF5 could not read the file (it is corrupted): {err}"
+            return _read_open(f, path, trust)
+    except ModelFileError:
+        raise
+    except (OSError, KeyError, RuntimeError, TypeError, IndexError) as err:
+        # h5py reports a corrupted object header (the root group's, whose
+        # attributes hold the format, or a compact dataset's) as a KeyError
+        # or RuntimeError as often as an OSError.
+        raise UnreadableModelFileError(
+            f"{path}: HDF5 could not read the file (it is corrupted): "
+            f"{type(err).__name__}: {err}"
         ) from None
 
 
-def _read_open(f: h5py.File, path: Path) -> _Content:
+def _expansion_bound(stored: int, trust: bool) -> int:
+    """The most decoded bytes a file storing ``stored`` bytes may declare."""
+    if trust:
+        return _MAX_HEADER_BYTES + _MAX_PARAMETERS * 8 + _MAX_POINTS * 32
+    return _EXPANSION_SLACK + MAX_EXPANSION * stored
+
+
+def _check_expansion(
+    declared: int, stored: int, what: str, path: Path, trust: bool
+) -> None:
+    """Refuse ``declared`` decoded bytes for ``stored`` bytes in the file
+    beyond :func:`_expansion_bound`."""
+    if declared > _expansion_bound(stored, trust):
+        raise ModelFileError(
+            f"{path}: {what} declares {declared} decoded bytes for {stored} bytes in "
+            f"the file, more than {MAX_EXPANSION} times as many (plus "
+            f"{_EXPANSION_SLACK}); refusing to allocate them. If you wrote this "
+            "file yourself, load it with trust=True"
+        )
+
+
+def _read_open(f: h5py.File, path: Path, trust: bool = False) -> _Content:
     attrs = _root_attributes(f, path)
     version = attrs["format_version"]
     members = _check_members(f, path, version)
     if version >= _PACKED_FROM:
         payload = _checked_dataset(f, _PAYLOAD, np.dtype("u1"), path)
-        raw_header, start = _read_packed_header(payload, path)
+        raw_header, start = _read_packed_header(payload, path, trust)
         header_stored_bytes = start - _HEADER_LENGTH_BYTES
         header = _parse_json_object(raw_header, path, "the header")
         attrs.update(_packed_attributes(header, path))
@@ -997,9 +1103,10 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
         raw_header = _read_dataset(f, "header", np.dtype("u1"), None, path)
         header_stored_bytes = int(f["header"].id.get_storage_size())
         if version >= _STREAMS_FROM:
+            bound = min(_MAX_HEADER_BYTES, _expansion_bound(raw_header.size, trust))
             try:
                 text = array_codec.decompress_text(
-                    raw_header.tobytes(), _MAX_HEADER_BYTES, "the header"
+                    raw_header.tobytes(), bound, "the header"
                 )
             except array_codec.StreamError as err:
                 raise ModelFileError(f"{path}: {err}") from None
@@ -1007,10 +1114,22 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
         header = _parse_json_object(raw_header, path, "the header")
     precision = attrs["precision"]
     geometry = _check_header(header, path, version)
-    shapes = _architecture_shapes(header["field"], path)
+    shapes = _architecture_shapes(header["field"], geometry.pattern_shape, path)
     if version >= _PACKED_FROM:
         header["tensors"] = _tensor_layout(shapes, precision)
     expected = _expected_arrays(header, precision, geometry, shapes, version, path)
+    # Every byte the arrays will take, against what the file stores for
+    # them, before any is read or decoded.
+    declared = sum(math.prod(s) * d.itemsize for d, s in expected.values())
+    if version >= _STREAMS_FROM:
+        stored = int(payload.shape[0]) if version >= _PACKED_FROM else None
+        if stored is None and _PAYLOAD in members:
+            stored = int(f[_PAYLOAD].id.get_storage_size())
+    else:
+        stored = sum(
+            int(f[name].id.get_storage_size()) for name in expected if name in members
+        )
+    _check_expansion(declared, stored or 0, "the header", path, trust)
     if version >= _PACKED_FROM:
         storage = _packed_storage(header, expected, path)
         arrays, stored_bytes = _read_streams(payload, storage, expected, start, path)
@@ -1062,9 +1181,13 @@ def _read_open(f: h5py.File, path: Path) -> _Content:
     )
 
 
-def _read_packed_header(payload: h5py.Dataset, path: Path) -> tuple[np.ndarray, int]:
+def _read_packed_header(
+    payload: h5py.Dataset, path: Path, trust: bool = False
+) -> tuple[np.ndarray, int]:
     """Format 5 on: the header's JSON bytes, from the start of ``payload``,
-    and where the arrays' streams start."""
+    and where the arrays' streams start. The JSON may be at most
+    :func:`_expansion_bound` of its stream (1 MiB of JSON becomes some
+    20 MB of Python objects)."""
     n = _HEADER_LENGTH_BYTES
     if payload.ndim != 1 or payload.shape[0] < n:
         raise ModelFileError(
@@ -1077,9 +1200,10 @@ def _read_packed_header(payload: h5py.Dataset, path: Path) -> tuple[np.ndarray, 
             f"{path}: dataset {_PAYLOAD!r} declares a header of {size} bytes in "
             f"{payload.shape[0]} bytes (corrupted?)"
         )
+    bound = min(_MAX_HEADER_BYTES, _expansion_bound(size, trust))
     try:
         text = array_codec.decompress_header(
-            payload[n : n + size].tobytes(), _MAX_HEADER_BYTES, "the header"
+            payload[n : n + size].tobytes(), bound, "the header"
         )
     except array_codec.StreamError as err:
         raise ModelFileError(f"{path}: {err}") from None
@@ -1468,7 +1592,7 @@ def _check_header(header: dict, path: Path, version: int) -> ScanGeometry:
         _need(header, key, dict, path)
     for key in ("detector", "spectrum"):
         _need(header, key, dict | type(None), path)
-    _need(header, "phases", list | type(None), path)
+    _check_phases(_need(header, "phases", list | type(None), path), path)
     geometry_dict = {**g, "pattern_shape": tuple(shape)}
     try:
         return ScanGeometry.from_dict(geometry_dict)
@@ -1476,17 +1600,90 @@ def _check_header(header: dict, path: Path, version: int) -> ScanGeometry:
         raise ModelFileError(f"{path}: invalid scan geometry: {err}") from None
 
 
-def _architecture_shapes(config: dict, path: Path) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of the architecture in ``config``, built without memory."""
+def _check_phases(phases: list | None, path: Path) -> None:
+    """Bound the phases and their atoms (each becomes Python objects) and
+    check the entries' structure, before any is built."""
+    if phases is None:
+        return
+    if len(phases) > _MAX_PHASES:
+        raise ModelFileError(
+            f"{path}: the header declares {len(phases)} phases, more than {_MAX_PHASES}"
+        )
+    n_atoms = 0
+    for entry in phases:
+        if not isinstance(entry, dict):
+            raise ModelFileError(f"{path}: invalid phase entry {entry!r:.80}")
+        _need(entry, "id", int, path, "a phase entry")
+        _need(entry, "name", str, path, "a phase entry")
+        structure = entry.get("structure")
+        if structure is None:
+            continue
+        if not isinstance(structure, dict):
+            raise ModelFileError(f"{path}: invalid phase structure {structure!r:.80}")
+        atoms = _need(structure, "atoms", list, path, "a phase structure")
+        lattice = _need(structure, "lattice", list, path, "a phase structure")
+        if len(lattice) != 6:
+            raise ModelFileError(f"{path}: invalid lattice {lattice!r:.80}")
+        n_atoms += len(atoms)
+        if any(not isinstance(a, list) or len(a) != 6 for a in atoms):
+            raise ModelFileError(
+                f"{path}: invalid atoms in phase {entry['name']!r:.40}"
+            )
+    if n_atoms > _MAX_ATOMS:
+        raise ModelFileError(
+            f"{path}: the phases declare {n_atoms} atoms, more than {_MAX_ATOMS}"
+        )
+
+
+def _check_architecture(config: dict, path: Path) -> None:
+    """Bound the sizes in the field's ``config`` (:data:`_MAX_ARCHITECTURE`)
+    before anything is built: even on ``meta`` every layer is a Python
+    object."""
+    from kikuchipy_neural.fields import FIELDS
+
+    if config.get("formulation") not in FIELDS:
+        raise ModelFileError(
+            f"{path}: unknown formulation {config.get('formulation')!r:.40}; "
+            f"expected one of {sorted(FIELDS)}"
+        )
+    for key, value in config.items():
+        if key in _MAX_ARCHITECTURE:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ModelFileError(
+                    f"{path}: the field's {key} is not an integer: {value!r:.40}"
+                )
+            if not 0 <= value <= _MAX_ARCHITECTURE[key]:
+                raise ModelFileError(
+                    f"{path}: the field declares {key}={value}, outside [0, "
+                    f"{_MAX_ARCHITECTURE[key]}]; refusing to build it"
+                )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ModelFileError(f"{path}: the field declares {key}={value}")
+
+
+def _architecture_shapes(
+    config: dict, pattern_shape: tuple[int, int], path: Path
+) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the architecture in ``config``, its sizes
+    bounded (:func:`_check_architecture`), built without memory."""
     from kikuchipy_neural.fields import build_field
 
+    _check_architecture(config, path)
+    field_shape = config.get("pattern_shape")
+    if field_shape is not None and field_shape != list(pattern_shape):
+        # Before building: the field's detector-sized buffers follow it.
+        raise ModelFileError(
+            f"{path}: the field's pattern shape {field_shape!r:.40} differs from the "
+            f"scan's {tuple(pattern_shape)}"
+        )
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             field = build_field(config)
-    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as err:
+    except Exception as err:
         raise ModelFileError(
-            f"{path}: the field configuration cannot be built: {err}"
+            f"{path}: the field configuration cannot be built: "
+            f"{type(err).__name__}: {err}"
         ) from None
     shapes = {k: tuple(v.shape) for k, v in field.state_dict().items()}
     total = sum(math.prod(s) for s in shapes.values())
@@ -1509,12 +1706,6 @@ def _expected_arrays(
     """``{array: (dtype, shape)}`` that the header of a format-``version``
     file implies, for the architecture's parameter ``shapes``
     (:func:`_architecture_shapes`), sizes checked."""
-    field_shape = header["field"].get("pattern_shape")
-    if field_shape is not None and tuple(field_shape) != tuple(geometry.pattern_shape):
-        raise ModelFileError(
-            f"{path}: the field's pattern shape {tuple(field_shape)} differs from the "
-            f"scan's {geometry.pattern_shape}"
-        )
     declared = {e["name"]: tuple(e["shape"]) for e in header["tensors"]}
     if declared != shapes:
         raise ModelFileError(
@@ -1576,6 +1767,7 @@ def _expected_arrays(
         raise ModelFileError(f"{path}: header['point_intensity'] must be true or false")
     det = header["detector"]
     if det is not None:
+        _check_detector(det, path)
         pc_shape = _need(det, "pc_shape", list, path, "header['detector']")
         if (
             not 1 <= len(pc_shape) <= 3
@@ -1594,6 +1786,26 @@ def _expected_arrays(
     if version >= _PACKED_FROM:
         expected[_HISTORY] = (np.dtype("u1"), (header["history_bytes"],))
     return expected
+
+
+def _check_detector(meta: dict, path: Path) -> None:
+    """The detector's description: what :func:`_decode_detector` needs."""
+    where = "header['detector']"
+    shape = _need(meta, "shape", list, path, where)
+    if (
+        len(shape) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+        or not all(1 <= v <= _MAX_PATTERN_PIXELS for v in shape)
+        or shape[0] * shape[1] > _MAX_PATTERN_PIXELS
+    ):
+        raise ModelFileError(f"{path}: invalid detector shape {shape!r:.80}")
+    for key in ("px_size", "tilt", "azimuthal", "twist", "sample_tilt"):
+        value = _need(meta, key, int | float, path, where)
+        if not math.isfinite(value):
+            raise ModelFileError(f"{path}: the detector's {key} is {value}")
+    binning = _need(meta, "binning", int, path, where)
+    if not 1 <= binning <= 2**16:
+        raise ModelFileError(f"{path}: invalid detector binning {binning}")
 
 
 def _decode_tensors(header: dict, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -1650,13 +1862,14 @@ def _decode_phases(entries: list | None):
     from diffpy.structure import Atom, Lattice, Structure
     from orix.crystal_map import Phase, PhaseList
 
+    # Sizes bounded by _check_phases.
     phases, ids = [], []
-    for e in entries[:_MAX_ATOMS]:
+    for e in entries:
         structure = None
         if e.get("structure"):
             atoms = [
                 Atom(a[0], xyz=a[1:4], occupancy=a[4], Uisoequiv=a[5])
-                for a in e["structure"]["atoms"][:_MAX_ATOMS]
+                for a in e["structure"]["atoms"]
             ]
             structure = Structure(
                 atoms=atoms, lattice=Lattice(*e["structure"]["lattice"])

@@ -9,6 +9,8 @@ inside the methods.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -157,6 +159,8 @@ class NeuralEBSD(EBSD):
         """
         from kikuchipy_neural.training.fit import fit
 
+        if resume is None:
+            _check_fit_up_front(self, formulation, rank, mask, options)
         model = fit(
             self,
             formulation=formulation,
@@ -332,7 +336,16 @@ class NeuralEBSD(EBSD):
 
         model = self._require_model()
         geometry = self._scan_geometry(model)
-        xy, nav_axes = queries.upsample_xy(geometry, factor)
+        # Lazy or not first: a lazy grid is built per chunk (memory bounded
+        # for any factor), an eager one larger than memory is refused.
+        n = math.prod(queries.upsample_shape(geometry, factor))
+        lazy = queries.want_lazy(lazy, n, model, self)
+        xy, nav_axes = queries.upsample_xy(
+            geometry,
+            factor,
+            lazy=lazy,
+            points_per_chunk=queries.points_per_chunk(model),
+        )
         if not geometry.scattered:
             # Keep this signal's axis names and units.
             for new, old in zip(
@@ -392,7 +405,15 @@ class NeuralEBSD(EBSD):
         from kikuchipy_neural.analysis import queries
 
         model = self._require_model()
-        xy, length = queries.path_xy(start, end, n)
+        if isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 2:
+            lazy = queries.want_lazy(lazy, int(n), model, self)
+        xy, length = queries.path_xy(
+            start,
+            end,
+            n,
+            lazy=bool(lazy),
+            points_per_chunk=queries.points_per_chunk(model),
+        )
         nav_axes = [
             {
                 "size": int(n),
@@ -575,14 +596,14 @@ class NeuralEBSD(EBSD):
         """
         from kikuchipy_neural.analysis.boundaries import ridge_trace
 
-        return ridge_trace(
-            self._require_model(),
+        return self._boundary_analysis(
+            ridge_trace,
+            show_progressbar,
             factor=factor,
             low=low,
             high=high,
             min_length=min_length,
             refine=refine,
-            show_progressbar=show_progressbar,
         )
 
     def neural_grains(
@@ -620,14 +641,23 @@ class NeuralEBSD(EBSD):
         """
         from kikuchipy_neural.analysis.boundaries import segment_grains
 
-        return segment_grains(
-            self._require_model(),
+        return self._boundary_analysis(
+            segment_grains,
+            show_progressbar,
             factor=factor,
             threshold=threshold,
             merge_threshold=merge_threshold,
             min_area=min_area,
-            show_progressbar=show_progressbar,
         )
+
+    def _boundary_analysis(self, analysis, show_progressbar: bool | None, **kwargs):
+        """``analysis(model, show_progressbar=..., **kwargs)`` with HyperSpy's
+        progress-bar preference following ``show_progressbar``
+        (:func:`_progressbar_preference`)."""
+        with _progressbar_preference(show_progressbar):
+            return analysis(
+                self._require_model(), show_progressbar=show_progressbar, **kwargs
+            )
 
     # ---------------------------------------------------- HyperSpy overrides
 
@@ -643,3 +673,46 @@ class NeuralEBSD(EBSD):
 
 class LazyNeuralEBSD(LazyEBSD, NeuralEBSD):
     """Lazy (dask-backed) :class:`NeuralEBSD`."""
+
+
+@contextlib.contextmanager
+def _progressbar_preference(show: bool | None):
+    """HyperSpy's progress-bar preference set to ``show`` (None: left as it
+    is) for the duration: the boundary analyses evaluate ``S`` at probe
+    points with the preference's default, which drew bars although
+    ``show_progressbar=False`` was asked for."""
+    if show is None:
+        yield
+        return
+    from hyperspy.defaults_parser import preferences
+
+    previous = preferences.General.show_progressbar
+    preferences.General.show_progressbar = bool(show)
+    try:
+        yield
+    finally:
+        preferences.General.show_progressbar = previous
+
+
+def _check_fit_up_front(signal, formulation: str, rank, mask, options: dict) -> None:
+    """What a fit would refuse only after reading the data: an integer rank
+    outside ``[2, min(points, pixels)]`` (PCA's limit, a sampled-pattern
+    limit aside) and a checkpoint that cannot be written."""
+    from kikuchipy_neural.safe_files import check_destination
+
+    if options.get("checkpoint") is not None:
+        check_destination(options["checkpoint"], "checkpoint")
+    if formulation != "factorized" or isinstance(rank, bool):
+        return
+    if not isinstance(rank, int | np.integer):
+        return
+    n_pixels = math.prod(signal.axes_manager.signal_shape)
+    n_points = math.prod(signal.axes_manager.navigation_shape) or 1
+    if mask is not None and hasattr(mask, "sum") and not hasattr(mask, "compute"):
+        n_points = int(np.sum(mask))
+    limit = min(n_points, n_pixels)
+    if not 2 <= rank <= limit:
+        raise ValueError(
+            f"rank={rank} is not possible here: it must be between 2 and {limit} "
+            f"(points to train on: {n_points}, pixels per pattern: {n_pixels})"
+        )

@@ -24,6 +24,7 @@ from kikuchipy_neural.fields.joint import curriculum_scale
 from kikuchipy_neural.geometry import ScanGeometry
 from kikuchipy_neural.model import NeuralEBSDModel
 from kikuchipy_neural.training.accelerate import matmul_precision
+from kikuchipy_neural.training.checkpoints import CheckpointError, read_checkpoint
 from kikuchipy_neural.training.data import HeldPatterns, PatternSource, make_buffer
 from kikuchipy_neural.training.distributed import setup as setup_distributed
 from kikuchipy_neural.training.loop import CHECKPOINT_FORMAT, StageSpec, Trainer
@@ -54,7 +55,9 @@ def _read_checkpoint(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint at {path}")
     try:
-        state = torch.load(os.fspath(path), weights_only=True, map_location="cpu")
+        state = read_checkpoint(path)
+    except CheckpointError:
+        raise
     except Exception as error:
         if h5py.is_hdf5(path):
             raise ValueError(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -30,7 +29,9 @@ import numpy as np
 import torch
 
 from kikuchipy_neural.fields.base import NeuralField
+from kikuchipy_neural.safe_files import check_destination
 from kikuchipy_neural.training import accelerate
+from kikuchipy_neural.training.checkpoints import write_checkpoint
 from kikuchipy_neural.training.losses import LOSS_FUNCTIONS, band_mask, weighted_mse
 from kikuchipy_neural.training.options import FitOptions
 from kikuchipy_neural.training.preprocessing import Preprocessed
@@ -304,6 +305,10 @@ class Trainer:
         checkpoint (if any) is written, and the reason says "interrupted".
         """
         self._started = started
+        if checkpoint and (self.sync is None or self.sync.is_main):
+            # Before the first step, not at the first checkpoint (which
+            # crashed there with a traceback and saved nothing).
+            check_destination(checkpoint, "checkpoint")
         p = self.progress
         try:
             while p.stage_index < len(self.stages):
@@ -485,6 +490,4 @@ class Trainer:
             "trainer": self.state_dict(),
             **self.checkpoint_extra,
         }
-        tmp = f"{path}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        write_checkpoint(payload, path)
