@@ -654,13 +654,10 @@ def _print_summary(s: dict[str, Any]) -> None:
 def validation_summary(report: dict[str, Any]) -> str:
     """One line of :attr:`NeuralEBSDModel.validation`: MAE of the field and
     the baselines on the held-out points, and the verdict."""
-    names = {"field": "field", "interpolation": "interpolation", "pca": "PCA"}
-    # A masked fit is judged against interpolation only (PCA reads the
-    # pattern it projects, which a masked point does not have).
-    shown = [k for k in names if not (k == "pca" and report.get("masked"))]
+    names = {"field": "field", "interpolation": "interpolation", "pca": "PCA-denoised"}
     parts = [
-        f"{names[key]} {report['mae'][key]:.1f}"
-        for key in shown
+        f"{label} {report['mae'][key]:.1f}"
+        for key, label in names.items()
         if report["mae"].get(key) is not None
     ]
     verdict = (

@@ -75,7 +75,7 @@ def _validation_rows(report: dict[str, Any] | None) -> dict[str, Any]:
         for key, name in (
             ("field", "field"),
             ("interpolation", "linear interpolation"),
-            ("pca", "PCA at the same rank"),
+            ("pca", "interpolation of PCA-denoised patterns, same rank"),
         )
         if report["mae"].get(key) is not None
     }

@@ -107,11 +107,11 @@ class NeuralEBSDModel:
         """The fit's error on held-out points next to simple baselines.
 
         Computed after training on the validation points, which the field
-        never trained on: the MAE and RMS error (counts) of the field, of
-        linear interpolation of the training patterns and of PCA at the same
-        rank, their estimated RMS error against the noise-free patterns,
-        and ``worse_than``, the baselines the field lost to (the fit then
-        warned). None for models fitted without validation points. See
+        never trained on: the MAE and RMS error (counts) against the
+        measured patterns of the field, of linear interpolation of the
+        training patterns and of the same interpolation denoised by PCA at
+        the field's rank, and ``worse_than``, the baselines the field lost
+        to (the fit then warned). None for models fitted without validation points. See
         :func:`kikuchipy_neural.training.validation.held_out_report`.
         """
         return self.info.get("validation")

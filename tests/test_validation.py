@@ -84,8 +84,9 @@ def test_masked_fit_reports_on_points_it_never_read(subgrid_map):
     theirs_inside = np.abs(interpolated[inside] - clean[val][inside]).mean()
     if inside.all():
         assert ours == pytest.approx(theirs_inside, rel=1e-4)
-    # Judged against interpolation only: PCA has nothing at unread points.
-    assert "pca" not in report["worse_than"]
+    # PCA's baseline is the same interpolation, denoised at the field's rank.
+    assert report["mae"]["pca"] < 0.2 * np.iinfo(np.uint16).max
+    assert report["worse_than"] == []
 
 
 def test_warning_fires_on_a_bad_configuration_only(subgrid_map):
@@ -102,7 +103,7 @@ def test_warning_fires_on_a_bad_configuration_only(subgrid_map):
         bad = subgrid_map.deepcopy().fit_neural(
             mask=mask, seed=0, **{**DEFAULT_FREQUENCY, "first_omega_0": 150.0}
         )
-    assert bad.validation["worse_than"] == ["interpolation"]
+    assert "interpolation" in bad.validation["worse_than"]
 
 
 def test_significance_of_a_loss():

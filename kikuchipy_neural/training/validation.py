@@ -2,7 +2,7 @@
 
 After training, the field predicts the patterns of the validation points,
 which it never trained on, and so do two simple methods a user could have
-used instead:
+used instead, from the same training patterns:
 
 ``interpolation``
     Linear interpolation of the measured training patterns on their Delaunay
@@ -10,22 +10,17 @@ used instead:
     outside their hull): what super-resolution and filling masked points
     must beat.
 ``pca``
-    The held-out pattern projected onto the principal components of the
-    training points at the field's rank: what denoising must beat.
-    Factorized fits without a mask only (a masked fit is for the points it
-    could not read, where PCA has nothing).
+    The same interpolation of the training patterns denoised by PCA at the
+    field's rank (fitted on training points only): a rank-``R`` linear model
+    of the map, what the field's rank-``R`` model must beat. Projection and
+    interpolation are both linear, so this is the PCA projection of the
+    interpolated pattern. Factorized fits only.
 
-Both the field and interpolation predict a pattern they never saw, so
-their errors against the measured pattern compare directly. PCA's
-projection *reads* the held-out pattern, whose noise then partly stays in
-the projection: against the measured pattern its squared error is lower by
-about ``2 (R - 1) sigma^2`` per pattern (``R - 1`` components, noise
-variance ``sigma^2`` per pixel) than its error against the noise-free
-pattern would say. The comparison with PCA therefore adds that term back
-(``sigma^2`` is the fit's noise estimate, see
-:class:`~kikuchipy_neural.training.preprocessing.Spectrum`), and the report
-gives every method's estimated RMS error against the noise-free patterns:
-the measured error minus the noise it contains.
+None of the three reads the held-out pattern, so their errors against it
+compare directly: each is the prediction's own error plus the same noise.
+(PCA projecting the held-out pattern itself would keep part of that
+pattern's noise and profit from seeing a boundary point's blend, which no
+interpolation can; it answers a different question.)
 """
 
 from __future__ import annotations
@@ -70,23 +65,21 @@ def held_out_report(
     held
         Patterns already in memory.
     masked
-        Whether the fit was given a mask (points it may not read): its
-        field is then judged against interpolation only, since what it is
-        for is the points it could not see, where PCA has nothing.
+        Whether the fit was given a mask (points it may not read); recorded
+        in the report.
 
     Returns
     -------
     report
-        None without validation points, else a plain dict: ``n_points``;
-        ``mae`` and ``rmse`` (counts, over every pixel) of ``"field"``,
-        ``"interpolation"`` and ``"pca"`` (None for the joint formulation);
-        ``noise_rms`` (counts, None if unknown); ``rmse_noise_free``, the
-        estimated RMS error against the noise-free patterns of each
-        (None if the noise is unknown; 0 where the estimate is below the
-        noise estimate's own error); ``worse_than``, the baselines the
-        field is significantly worse than: its per-point squared errors
-        (PCA's with the kept noise added back) higher on average by more
-        than twice their paired standard error.
+        None without validation points, else a plain dict: ``n_points``,
+        ``masked``; ``mae`` and ``rmse`` (counts, over every pixel) of
+        ``"field"``, ``"interpolation"`` and ``"pca"`` (None for the joint
+        formulation) against the measured patterns; ``noise_rms`` (counts,
+        the fit's estimate of the noise in one measured pixel, None if
+        unknown), the floor of every RMS error; ``worse_than``, the
+        baselines the field is significantly worse than: its per-point
+        squared errors higher on average by more than twice their paired
+        standard error.
     """
     val = np.asarray(prep.val_points)
     if len(val) == 0 or len(prep.train_points) == 0:
@@ -95,58 +88,42 @@ def held_out_report(
     lo, hi = prep.intensity_range
     measured = np.asarray(prep.val_patterns, np.float32).reshape(len(val), -1)
     val_xy = geometry.index_to_xy(val)
+    interpolated = _interpolate(geometry, prep, val_xy, source, held)
     predictions = {
         "field": model.query(val_xy).reshape(len(val), -1),
-        "interpolation": _interpolate(geometry, prep, val_xy, source, held),
+        "interpolation": interpolated,
         "pca": None,
     }
     if prep.mean is not None and prep.components is not None:
-        normalised = (measured - lo) / (hi - lo) - prep.mean
-        projected = (normalised @ prep.components.T) @ prep.components + prep.mean
+        centred = (interpolated - lo) / (hi - lo) - prep.mean
+        projected = (centred @ prep.components.T) @ prep.components + prep.mean
         predictions["pca"] = projected * (hi - lo) + lo
     noise = None
     if prep.spectrum is not None and prep.spectrum.noise_variance is not None:
         noise = float(prep.spectrum.noise_variance) * (hi - lo) ** 2
-    n_pixels = measured.shape[1]
     per_point = {
         name: None if p is None else np.mean((p - measured) ** 2, axis=1)
         for name, p in predictions.items()
     }
-    mse = {k: None if v is None else float(v.mean()) for k, v in per_point.items()}
     mae = {
         name: None if p is None else float(np.mean(np.abs(p - measured)))
         for name, p in predictions.items()
     }
-    # Squared error against the noise-free patterns, estimated: the measured
-    # error minus the noise variance; PCA's projection kept the noise of its
-    # own R - 1 dimensions, which the measured error does not show.
-    kept = 0.0
-    if noise is not None and prep.components is not None:
-        kept = 2.0 * len(prep.components) * noise / n_pixels
-    extra = {"field": 0.0, "interpolation": 0.0, "pca": kept}
-    clean_mse = {
-        name: None if value is None else value - (noise or 0.0) + extra[name]
-        for name, value in mse.items()
-    }
-    judged = ("interpolation",) if masked else ("interpolation", "pca")
     worse = [
         name
-        for name in judged
+        for name in ("interpolation", "pca")
         if per_point[name] is not None
-        and _significantly_worse(per_point["field"], per_point[name] + extra[name])
+        and _significantly_worse(per_point["field"], per_point[name])
     ]
     return {
         "n_points": int(len(val)),
         "masked": bool(masked),
         "mae": mae,
-        "rmse": {k: None if v is None else float(np.sqrt(v)) for k, v in mse.items()},
+        "rmse": {
+            k: None if v is None else float(np.sqrt(v.mean()))
+            for k, v in per_point.items()
+        },
         "noise_rms": None if noise is None else float(np.sqrt(noise)),
-        "rmse_noise_free": {
-            k: None if v is None else float(np.sqrt(max(v, 0.0)))
-            for k, v in clean_mse.items()
-        }
-        if noise is not None
-        else None,
         "worse_than": worse,
     }
 
@@ -165,7 +142,8 @@ def warn_if_worse_than_baselines(report: dict[str, Any] | None, info: dict) -> N
         )
     if "pca" in report["worse_than"]:
         baselines.append(
-            "PCA at the same rank (see model.validation['rmse_noise_free'])"
+            f"PCA at the same rank (MAE {mae['pca']:.4g} vs {mae['field']:.4g} "
+            "counts, from the same training points)"
         )
     lines[0] += " " + " and than ".join(baselines) + "."
     if info.get("stop_reason") in ("time_budget", "max_steps"):
