@@ -144,6 +144,7 @@ def run_demo(
     mae_measured = map_mae(rec, measured, full_scale=full_scale)
     mae_truth = map_mae(rec, truth.clean, full_scale=full_scale)
     floor = map_mae(measured, truth.clean, full_scale=full_scale)
+    denoised = map_mae(s.neural_denoise(), truth.clean, full_scale=full_scale)
 
     say("[4/5] Hough indexing measured and reconstructed patterns ...")
     phases = s.xmap.phases
@@ -245,6 +246,8 @@ def run_demo(
         "MAE vs measured (% of max)": round(mae_measured.percent_of_max, 3),
         "MAE vs truth (counts)": round(mae_truth.counts, 1),
         "noise floor: measured vs truth (counts)": round(floor.counts, 1),
+        "MAE vs truth, measured patterns denoised with the field "
+        "(neural_denoise, counts)": round(denoised.counts, 1),
         ">= 4 deg, reconstructed vs measured indexing (%)": round(
             100 * frac_rec_meas, 2
         ),

@@ -158,8 +158,9 @@ def test_h5ebsd_and_hspy_round_trips(tmp_path):
 def test_methods_without_model_name_fit_neural():
     s = _neural_nickel()
     assert s.neural_model is None
-    with pytest.raises(RuntimeError, match="fit_neural"):
-        s.neural_reconstruct()
+    for method in (s.neural_reconstruct, s.neural_denoise):
+        with pytest.raises(RuntimeError, match="fit_neural"):
+            method()
 
 
 def _same_model(a, b) -> bool:
