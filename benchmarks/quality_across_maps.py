@@ -410,6 +410,14 @@ def _load(paths, tag: str | None) -> list[dict]:
     return list(latest.values())
 
 
+def _verdict(validation: dict | None) -> str:
+    """The held-out report's verdict; "-" for runs of its first version
+    (PCA projected the held-out pattern itself, see model.validation)."""
+    if not validation or "rmse_noise_free" in validation:
+        return "-"
+    return ", ".join(validation["worse_than"]) or "none"
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -423,13 +431,12 @@ def _tables(rows: list[dict]) -> str:
             "bilinear | within 4 deg of truth: neural / sharpened / bilinear / "
             "measured | "
             "MAE vs measured: neural / bilinear | MAE vs truth: neural / bilinear | "
-            "held-out report |",
+            "field worse than (held out) |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in sr:
             w, t = r["within4_measured_idx"], r.get("within4_truth")
             m, mt = r["mae_measured"], r.get("mae_truth")
-            v = r.get("validation") or {}
             out.append(
                 f"| {r['cell']} | {r['steps']} steps, {r['fit_seconds']:.0f} s, "
                 f"rank {r['rank']} | {_pct(w['neural'])} / "
@@ -442,7 +449,7 @@ def _tables(rows: list[dict]) -> str:
                 )
                 + f" | {m['neural']:.0f} / {m['bilinear']:.0f} | "
                 + (f"{mt['neural']:.0f} / {mt['bilinear']:.0f}" if mt else "-")
-                + f" | worse than: {', '.join(v.get('worse_than', [])) or 'none'} |"
+                + f" | {_verdict(r.get('validation'))} |"
             )
         out.append("")
     dn = [r for r in rows if r["job"] == "denoise"]
@@ -460,12 +467,11 @@ def _tables(rows: list[dict]) -> str:
             + " / ".join(names)
             + " | >= 4 deg from truth: measured / "
             + " / ".join(names)
-            + " | held-out report |",
+            + " | field worse than (held out) |",
             "|---|---|---|---|---|",
         ]
         for r in dn:
             e, o = r["mae_truth"], r["off4_truth"]
-            v = r.get("validation") or {}
             out.append(
                 f"| {r['cell']} | {r['steps']} steps, {r['fit_seconds']:.0f} s, "
                 f"rank {r['rank']} (PCA best {r['pca_best_rank']}) | "
@@ -476,7 +482,7 @@ def _tables(rows: list[dict]) -> str:
                 + " / ".join(
                     f"{100 * o[k]:.1f}" if k in o else "-" for k in ("measured", *names)
                 )
-                + f" | worse than: {', '.join(v.get('worse_than', [])) or 'none'} |"
+                + f" | {_verdict(r.get('validation'))} |"
             )
         out.append("")
     bd = [r for r in rows if r["job"] == "boundaries"]

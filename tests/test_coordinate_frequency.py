@@ -134,3 +134,5 @@ def test_bad_frequency_options_are_refused(options):
         FitOptions.from_kwargs(**options)
     with pytest.raises(TypeError, match="do not apply"):
         FitOptions.from_kwargs(position_scale=2.0)
+    with pytest.raises(TypeError, match="do not apply"):
+        FitOptions.from_kwargs(formulation="joint", phase_per_step=0.3)

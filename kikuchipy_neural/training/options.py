@@ -59,6 +59,7 @@ _JOINT_POSITIONS_DEFAULTS: dict[str, Any] = dict(
 # Options that apply to one formulation only.
 FORMULATION_ONLY: dict[str, tuple[str, ...]] = {
     "factorized": (
+        "phase_per_step",
         "basis_l2",
         "warmup_steps",
         "plateau_factor",
