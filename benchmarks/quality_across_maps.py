@@ -174,6 +174,19 @@ def fit(s, mask, args):
     return model, time.perf_counter() - started
 
 
+def _fit_record(job: str, cell: dict, model, seconds: float) -> dict:
+    """What every job records about its fit."""
+    return dict(
+        job=job,
+        cell=cell["name"],
+        fit_seconds=seconds,
+        steps=model.info["steps"],
+        rank=model.rank,
+        first_omega_0=model.field.config.get("first_omega_0"),
+        validation=model.validation,
+    )
+
+
 def superres_job(s, cell, args) -> dict:
     ny, nx = s.axes_manager.navigation_shape[::-1]
     mask = np.zeros((ny, nx), bool)
@@ -197,13 +210,7 @@ def superres_job(s, cell, args) -> dict:
     measured = data[held]
     background = data.mean(axis=(0, 1))
     result = dict(
-        job="superres",
-        cell=cell["name"],
-        fit_seconds=seconds,
-        steps=model.info["steps"],
-        rank=model.rank,
-        first_omega_0=model.field.config.get("first_omega_0"),
-        validation=model.validation,
+        **_fit_record("superres", cell, model, seconds),
         n_heldout=int(held.sum()),
         mae_measured=dict(
             neural=mae(neural, measured),
@@ -281,13 +288,7 @@ def denoise_job(s, cell, args) -> tuple[dict, object]:
     background = data.mean(axis=(0, 1))
     true_rot = truth.orientation_at(model.geometry.grid_xy().reshape(-1, 2))
     result = dict(
-        job="denoise",
-        cell=cell["name"],
-        fit_seconds=seconds,
-        steps=model.info["steps"],
-        rank=model.rank,
-        first_omega_0=model.field.config.get("first_omega_0"),
-        validation=model.validation,
+        **_fit_record("denoise", cell, model, seconds),
         pca_best_rank=best[1],
         pca_curve=pca_curve,
         nlpar_lambda=lam,

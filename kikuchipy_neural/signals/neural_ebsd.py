@@ -204,14 +204,7 @@ class NeuralEBSD(EBSD):
         xy = self._scan_geometry(model).grid_xy().reshape(*nav_shape, 2)
         lazy = queries.want_lazy(lazy, int(np.prod(nav_shape)), model, self)
         patterns = queries.decode(model, xy, lazy=lazy)
-        title = self.metadata.get_item("General.title", "")
-        return queries.patterns_to_signal(
-            patterns,
-            queries.axis_dicts(self.axes_manager.navigation_axes[::-1]),
-            queries.axis_dicts(self.axes_manager.signal_axes[::-1]),
-            detector=self.detector,
-            title=f"Neural reconstruction of {title}".strip(),
-        )
+        return self._on_scan_grid(patterns, "Neural reconstruction of")
 
     def neural_denoise(
         self, noise_variance: float | None = None, lazy: bool | None = None
@@ -242,7 +235,6 @@ class NeuralEBSD(EBSD):
         """
         import dask.array as da
 
-        from kikuchipy_neural.analysis import queries
         from kikuchipy_neural.analysis.denoising import denoise_scan
 
         model = self._require_model()
@@ -255,14 +247,22 @@ class NeuralEBSD(EBSD):
             data = da.from_array(data, chunks=("auto",) * (data.ndim - 2) + (-1, -1))
         elif not lazy and isinstance(data, da.Array):
             data = data.compute()
-        patterns = denoise_scan(model, data, xy, noise_variance)
+        return self._on_scan_grid(
+            denoise_scan(model, data, xy, noise_variance), "Neurally denoised"
+        )
+
+    def _on_scan_grid(self, patterns, title_prefix: str) -> EBSD:
+        """Patterns of this signal's scan points as an ``EBSD``/``LazyEBSD``
+        with this signal's axes and detector."""
+        from kikuchipy_neural.analysis import queries
+
         title = self.metadata.get_item("General.title", "")
         return queries.patterns_to_signal(
             patterns,
             queries.axis_dicts(self.axes_manager.navigation_axes[::-1]),
             queries.axis_dicts(self.axes_manager.signal_axes[::-1]),
             detector=self.detector,
-            title=f"Neurally denoised {title}".strip(),
+            title=f"{title_prefix} {title}".strip(),
         )
 
     def _scan_geometry(self, model: NeuralEBSDModel):
