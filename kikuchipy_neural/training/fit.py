@@ -564,16 +564,27 @@ def fit(
             if ctx is not None:
                 # Bit-identical models on every rank, whatever the devices.
                 ctx.broadcast_parameters(field)
+        # Before per-point intensities, which are fitted to the validation
+        # points' own patterns too. Rank 0 reads the training neighbours of
+        # the validation points (the other ranks read their shard only).
+        report = None
+        if ctx is None or ctx.is_main:
+            try:
+                report = held_out_report(
+                    model, prep, source, held, masked=not train_mask.all()
+                )
+            except Exception as error:
+                if ctx is None:
+                    raise
+                report = error  # raised on every rank by the broadcast
+        if ctx is not None:
+            report = ctx.broadcast_object(report)
+        model.info["validation"] = report
+        if ctx is None or ctx.is_main:
+            warn_if_worse_than_baselines(report, model.info)
     finally:
         if ctx is not None:
             ctx.close()
-    # Before per-point intensities, which are fitted to the validation
-    # points' own patterns too.
-    model.info["validation"] = held_out_report(
-        model, prep, source, held, masked=not train_mask.all()
-    )
-    if ctx is None or ctx.is_main:
-        warn_if_worse_than_baselines(model.info["validation"], model.info)
     if opts.point_intensity:
         # Every point the fit was allowed to read (training and validation).
         readable = np.zeros(geometry.n_points, bool)

@@ -39,6 +39,10 @@ __all__ = ["held_out_report", "warn_if_worse_than_baselines"]
 # Training points per validation point taken into the local triangulation:
 # enough to surround a point on any mask, and bounded for maps of any size.
 _NEIGHBOURS = 16
+# Validation points judged at most (evenly spread), and values per chunk of
+# predictions: the report's memory is bounded whatever the map and detector.
+_MAX_POINTS = 512
+_CHUNK_VALUES = 2**16
 
 
 def held_out_report(
@@ -71,7 +75,8 @@ def held_out_report(
     Returns
     -------
     report
-        None without validation points, else a plain dict: ``n_points``,
+        None without validation points, else a plain dict: ``n_points``
+        (the validation points judged: all, or 512 evenly spread),
         ``masked``; ``mae`` and ``rmse`` (counts, over every pixel) of
         ``"field"``, ``"interpolation"`` and ``"pca"`` (None for the joint
         formulation) against the measured patterns; ``noise_rms`` (counts,
@@ -84,44 +89,64 @@ def held_out_report(
     val = np.asarray(prep.val_points)
     if len(val) == 0 or len(prep.train_points) == 0:
         return None
+    # Evenly spread over the (sorted) validation points: a bounded cost.
+    val_patterns = prep.val_patterns
+    if len(val) > _MAX_POINTS:
+        subset = np.linspace(0, len(val) - 1, _MAX_POINTS).round().astype(int)
+        val, val_patterns = val[subset], val_patterns[subset]
     geometry = model.geometry
     lo, hi = prep.intensity_range
-    measured = np.asarray(prep.val_patterns, np.float32).reshape(len(val), -1)
     val_xy = geometry.index_to_xy(val)
-    interpolated = _interpolate(geometry, prep, val_xy, source, held)
-    predictions = {
-        "field": model.query(val_xy).reshape(len(val), -1),
-        "interpolation": interpolated,
-        "pca": None,
-    }
-    if prep.mean is not None and prep.components is not None:
-        centred = (interpolated - lo) / (hi - lo) - prep.mean
-        projected = (centred @ prep.components.T) @ prep.components + prep.mean
-        predictions["pca"] = projected * (hi - lo) + lo
+    weights, rows, neighbours = _interpolation(geometry, prep, val_xy, source, held)
+    with_pca = prep.mean is not None and prep.components is not None
+    names = (
+        ("field", "interpolation", "pca") if with_pca else ("field", "interpolation")
+    )
+    squared = {name: np.empty(len(val)) for name in names}
+    absolute = dict.fromkeys(names, 0.0)
+    step = max(1, _CHUNK_VALUES // geometry.n_pixels)
+    for start in range(0, len(val), step):
+        chunk = slice(start, start + step)
+        measured = val_patterns[chunk].reshape(-1, geometry.n_pixels).astype(np.float32)
+        interpolated = np.einsum(
+            "nk,nkp->np", weights[chunk], neighbours[rows[chunk]], dtype=np.float32
+        )
+        predictions = {
+            "field": model.query(val_xy[chunk]).reshape(len(measured), -1),
+            "interpolation": interpolated,
+        }
+        if with_pca:
+            scores = ((interpolated - lo) / (hi - lo) - prep.mean) @ prep.components.T
+            projected = scores @ prep.components
+            projected += prep.mean
+            projected *= hi - lo
+            projected += lo
+            predictions["pca"] = projected
+        for name, predicted in predictions.items():
+            predicted -= measured  # in place: the difference
+            squared[name][chunk] = np.einsum("ij,ij->i", predicted, predicted) / (
+                geometry.n_pixels
+            )
+            absolute[name] += float(np.abs(predicted, out=predicted).sum())
+    n_values = len(val) * geometry.n_pixels
     noise = None
     if prep.spectrum is not None and prep.spectrum.noise_variance is not None:
         noise = float(prep.spectrum.noise_variance) * (hi - lo) ** 2
-    per_point = {
-        name: None if p is None else np.mean((p - measured) ** 2, axis=1)
-        for name, p in predictions.items()
-    }
-    mae = {
-        name: None if p is None else float(np.mean(np.abs(p - measured)))
-        for name, p in predictions.items()
-    }
     worse = [
         name
-        for name in ("interpolation", "pca")
-        if per_point[name] is not None
-        and _significantly_worse(per_point["field"], per_point[name])
+        for name in names[1:]
+        if _significantly_worse(squared["field"], squared[name])
     ]
     return {
         "n_points": int(len(val)),
         "masked": bool(masked),
-        "mae": mae,
+        "mae": {
+            name: absolute[name] / n_values if name in names else None
+            for name in ("field", "interpolation", "pca")
+        },
         "rmse": {
-            k: None if v is None else float(np.sqrt(v.mean()))
-            for k, v in per_point.items()
+            name: float(np.sqrt(squared[name].mean())) if name in names else None
+            for name in ("field", "interpolation", "pca")
         },
         "noise_rms": None if noise is None else float(np.sqrt(noise)),
         "worse_than": worse,
@@ -176,14 +201,20 @@ def _significantly_worse(field: np.ndarray, baseline: np.ndarray) -> bool:
     return mean > 2 * standard_error
 
 
-def _interpolate(
+def _interpolation(
     geometry,
     prep: Preprocessed,
     val_xy: np.ndarray,
     source: PatternSource,
     held: Sequence[HeldPatterns],
-) -> np.ndarray:
-    """Linear interpolation of training patterns at ``val_xy`` ``(n, 2)``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation of training patterns at ``val_xy`` ``(n, 2)``.
+
+    Returns the weights ``(n, 3)``, the rows ``(n, 3)`` of the neighbour
+    patterns they weigh, and those patterns ``(m, n_pixels)`` in the data's
+    own dtype (read once: from memory where held, else from the tiles that
+    hold them).
+    """
     from scipy.spatial import Delaunay, QhullError, cKDTree
 
     train = np.asarray(prep.train_points)
@@ -206,18 +237,17 @@ def _interpolate(
         vertices[inside] = local[tri.simplices[simplex[inside]]]
     except QhullError:
         pass  # collinear training points (a line): nearest below
-    nearest = np.flatnonzero(~inside)
-    vertices[nearest, 0] = near[nearest, 0]
-    weights[nearest] = (1.0, 0.0, 0.0)
+    outside = np.flatnonzero(~inside)
+    vertices[outside] = near[outside, :1]  # the nearest, three times
+    weights[outside] = (1.0, 0.0, 0.0)
     needed = np.unique(vertices)
     selected = np.zeros(geometry.n_points, bool)
     selected[train[needed]] = True
     row_of = np.full(geometry.n_points, -1, dtype=np.int64)
-    patterns = np.empty((len(needed), source.n_pixels), np.float32)
+    patterns = np.empty((len(needed), source.n_pixels), source.data.dtype)
     filled = 0
     for points, raw in iter_patterns(source, selected, held):
         patterns[filled : filled + len(points)] = raw
         row_of[points] = np.arange(filled, filled + len(points))
         filled += len(points)
-    rows = row_of[train[vertices]]
-    return np.einsum("nk,nkp->np", weights, patterns[rows]).astype(np.float32)
+    return weights.astype(np.float32), row_of[train[vertices]], patterns
