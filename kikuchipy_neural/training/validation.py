@@ -109,7 +109,11 @@ def held_out_report(
         chunk = slice(start, start + step)
         measured = val_patterns[chunk].reshape(-1, geometry.n_pixels).astype(np.float32)
         interpolated = np.einsum(
-            "nk,nkp->np", weights[chunk], neighbours[rows[chunk]], dtype=np.float32
+            "nk,nkp->np",
+            weights[chunk],
+            neighbours[rows[chunk]],
+            dtype=np.float32,
+            casting="unsafe",  # float64 or integer data in float32 arithmetic
         )
         predictions = {
             "field": model.query(val_xy[chunk]).reshape(len(measured), -1),
