@@ -438,8 +438,9 @@ def fit(
             except Exception as error:
                 prep = error
             prep = ctx.broadcast_object(prep)
-        spacing = geometry.point_spacing(prep.train_points)
-        spacing_network = spacing * geometry.normalized_per_unit
+        spacing_network = (
+            geometry.point_spacing(prep.train_points) * geometry.normalized_per_unit
+        )
         if formulation == "factorized" and opts.first_omega_0 is not None:
             _warn_if_omega_too_high(spacing_network, opts.first_omega_0)
         field = _new_field(formulation, prep, geometry, opts, spacing_network)
@@ -533,6 +534,8 @@ def fit(
                 "n_val_points": int(len(prep.val_points)),
                 "data_dtype": str(signal.data.dtype),
                 "world_size": 1 if ctx is None else ctx.world_size,
+                # The field's frequency is in its config; this is what it
+                # was set for (also after a resume, whose field is restored).
                 "training_spacing": geometry.point_spacing(prep.train_points),
             },
             phases=None if xmap is None else xmap.phases,

@@ -234,14 +234,15 @@ def _interpolation(
     inside = np.zeros(len(val_xy), bool)
     try:
         tri = Delaunay(train_xy[local])
+    except QhullError:  # collinear training points (a line): all nearest
+        tri = None
+    if tri is not None:
         simplex = tri.find_simplex(val_xy)
         inside = simplex >= 0
         transform = tri.transform[simplex[inside]]
         b = np.einsum("nij,nj->ni", transform[:, :2], val_xy[inside] - transform[:, 2])
         weights[inside] = np.column_stack([b, 1 - b.sum(axis=1)])
         vertices[inside] = local[tri.simplices[simplex[inside]]]
-    except QhullError:
-        pass  # collinear training points (a line): nearest below
     outside = np.flatnonzero(~inside)
     vertices[outside] = near[outside, :1]  # the nearest, three times
     weights[outside] = (1.0, 0.0, 0.0)
